@@ -1,0 +1,53 @@
+"""An LSTM from Linear layers, so that torch.func.vmap can batch it over mask samples.
+
+nn.LSTM calls a fused kernel that vmap has no batching rule for; this one is the same cell
+(PyTorch's gate order i, f, g, o) written with Linear, sigmoid and tanh.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class LSTMLayer(nn.Module):
+    """One LSTM layer: inputs [B, T, input_size] -> outputs [B, T, hidden_size]."""
+
+    def __init__(self, input_size: int, hidden_size: int):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.input_to_gates = nn.Linear(input_size, 4 * hidden_size)
+        self.hidden_to_gates = nn.Linear(hidden_size, 4 * hidden_size, bias=False)
+
+    def forward(self, inputs: Tensor, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple]:
+        batch = inputs.shape[0]
+        if state is None:
+            zeros = inputs.new_zeros(batch, self.hidden_size)
+            state = (zeros, zeros)
+        hidden, cell = state
+        projected = self.input_to_gates(inputs)  # [B, T, 4H], all steps in one product
+        outputs = []
+        for t in range(inputs.shape[1]):
+            gates = projected[:, t] + self.hidden_to_gates(hidden)
+            i, f, g, o = gates.chunk(4, dim=-1)
+            cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(g)
+            hidden = torch.sigmoid(o) * torch.tanh(cell)
+            outputs.append(hidden)
+        return torch.stack(outputs, 1), (hidden, cell)
+
+
+class LSTMClassifier(nn.Module):
+    """LSTM layer + linear read-out at every step: [B, T, input_size] -> [B, T, output_size]."""
+
+    def __init__(self, input_size: int, hidden_size: int, output_size: int):
+        super().__init__()
+        self.lstm = LSTMLayer(input_size, hidden_size)
+        self.output_layer = nn.Linear(hidden_size, output_size)
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        hidden, _ = self.lstm(inputs)
+        return self.output_layer(hidden)
+
+
+def build_lstm(input_size: int, hidden_size: int, output_size: int) -> LSTMClassifier:
+    return LSTMClassifier(input_size, hidden_size, output_size)

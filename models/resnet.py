@@ -1,0 +1,46 @@
+"""A CIFAR-style residual network (Appendix C.7.3 uses ResNet-110: 3 stages of n blocks)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with BatchNorm and an identity (or 1x1 projection) shortcut."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.norm1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.norm2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.norm1(self.conv1(x)).relu()
+        return (self.norm2(self.conv2(y)) + self.shortcut(x)).relu()
+
+
+class ResNet(nn.Module):
+    """[B, C, H, W] -> [B, num_classes]; depth 6n+2 (n=18 gives ResNet-110)."""
+
+    def __init__(self, blocks_per_stage: int = 18, width: int = 16, num_classes: int = 10, in_channels: int = 3):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        layers, c_in = [], width
+        for stage in range(3):
+            c_out = width * 2**stage
+            for block in range(blocks_per_stage):
+                layers.append(BasicBlock(c_in, c_out, 2 if stage > 0 and block == 0 else 1))
+                c_in = c_out
+        self.stages = nn.Sequential(*layers)
+        self.classifier = nn.Linear(c_in, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.stages(self.stem(x)).mean(dim=(2, 3)))
+
+
+def build_resnet(blocks_per_stage: int = 18, width: int = 16, num_classes: int = 10, in_channels: int = 3) -> ResNet:
+    return ResNet(blocks_per_stage, width, num_classes, in_channels)
