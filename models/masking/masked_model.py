@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
@@ -27,6 +28,8 @@ class MaskedModel(nn.Module):
     train_weights=False: the model's weights get requires_grad=False and never change.
     train_weights=True: the weights train with the masks, except entries where `frozen_weights`
     (name -> bool tensor) is True, which keep their value bit for bit.
+    fused=True runs the element-wise mask work as torch.compile'd kernels (faster per step,
+    seconds of compilation at the first step; see benchmarks/README.md).
     """
 
     def __init__(
@@ -36,6 +39,7 @@ class MaskedModel(nn.Module):
         parameter_filter: ParameterFilter = ParameterFilter(),
         train_weights: bool = False,
         frozen_weights: dict[str, Tensor] | None = None,
+        fused: bool = False,
     ):
         super().__init__()
         self.model = model
@@ -49,6 +53,7 @@ class MaskedModel(nn.Module):
         model.requires_grad_(train_weights)
         self._frozen = self._register_frozen(params, frozen_weights or {})
         self.batched = True
+        self.fused = fused
 
     def _register_frozen(self, params: dict[str, Tensor], frozen_weights: dict[str, Tensor]) -> list[str]:
         if frozen_weights and not self.train_weights:
@@ -92,7 +97,8 @@ class MaskedModel(nn.Module):
 
     def forward_with_uniforms(self, uniforms: list[Tensor], *inputs, **options):
         """The forward pass for given noise; outputs [B, ...] as the model's own."""
-        stacked, shared = self._masked_weight_stacks(uniforms, masked_weight_samples)
+        mask_function = functools.partial(masked_weight_samples, fused=self.fused)
+        stacked, shared = self._masked_weight_stacks(uniforms, mask_function)
         sliced = [_split_batch(x, self.config.num_samples) if torch.is_tensor(x) else x for x in inputs]
         if self.batched:
             try:
