@@ -84,9 +84,9 @@ def measure(size: str, steps: int, device) -> dict[str, float]:
 
     masked = MaskedModel(model, MaskConfig(num_samples=K, alpha=1e-6)).to(device)
     mask_optimizer = make_optimizer(masked)
-    library = time_steps(lambda: training_step(masked, mask_optimizer, loss_function, (x,), y), steps, device)
+    library = time_steps(lambda: training_step(masked, mask_optimizer, lambda: loss_function(masked(x), y)), steps, device)
     masked.fused = True
-    fused = time_steps(lambda: training_step(masked, mask_optimizer, loss_function, (x,), y), steps, device)
+    fused = time_steps(lambda: training_step(masked, mask_optimizer, lambda: loss_function(masked(x), y)), steps, device)
 
     logits = list(masked.logits)
     sequential_optimizer = torch.optim.Adam(logits, lr=1e-2)

@@ -20,22 +20,20 @@ def make_optimizer(masked: MaskedModel, mask_lr: float = 1e-2, weight_lr: float 
 
 
 def training_step(
-    masked: MaskedModel,
-    optimizer: torch.optim.Optimizer,
-    loss_function: Callable[[object, Tensor], Tensor],
-    inputs: tuple,
-    targets: Tensor,
-    clip: float = 1.0,
+    masked: MaskedModel, optimizer: torch.optim.Optimizer, task_loss: Callable[[], Tensor], clip: float = 1.0
 ) -> Tensor:
-    """task loss + α Σ l, backward, clip the gradient norm, step. Returns the task loss (detached)."""
+    """One update: task_loss() + α Σ l, backward, clip the gradient norm, step.
+
+    task_loss runs the forward pass (through `masked`, however the task presents its data) and
+    returns the scalar task loss, which is returned detached.
+    """
     optimizer.zero_grad(set_to_none=True)
-    outputs = masked(*inputs)
-    task_loss = loss_function(outputs, targets)
-    (task_loss + masked.regularization()).backward()
+    loss = task_loss()
+    (loss + masked.regularization()).backward()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     torch.nn.utils.clip_grad_norm_(params, clip)
     optimizer.step()
-    return task_loss.detach()
+    return loss.detach()
 
 
 def continual_logits(

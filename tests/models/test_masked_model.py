@@ -68,7 +68,7 @@ def test_mask_training_leaves_every_weight_bit_identical():
     optimizer = make_optimizer(masked)
     logits_before = [l.detach().clone() for l in masked.logits]
     for _ in range(5):
-        training_step(masked, optimizer, nn.functional.cross_entropy, (torch.randn(8, 6),), torch.randint(0, 4, (8,)))
+        training_step(masked, optimizer, lambda: nn.functional.cross_entropy(masked(torch.randn(8, 6)), torch.randint(0, 4, (8,))))
     for name, p in model.named_parameters():
         assert torch.equal(p, before[name]), name
         assert not p.requires_grad
@@ -82,7 +82,7 @@ def test_joint_training_keeps_frozen_entries_and_trains_the_rest():
     masked = MaskedModel(model, MaskConfig(), train_weights=True, frozen_weights=frozen)
     optimizer = make_optimizer(masked)
     for _ in range(5):
-        training_step(masked, optimizer, nn.functional.cross_entropy, (torch.randn(8, 6),), torch.randint(0, 4, (8,)))
+        training_step(masked, optimizer, lambda: nn.functional.cross_entropy(masked(torch.randn(8, 6)), torch.randint(0, 4, (8,))))
     effective = masked.effective_weights()
     for name, where in frozen.items():
         assert torch.equal(effective[name][where], before[name][where]), name
@@ -99,7 +99,7 @@ def test_mask_training_finds_the_weights_a_task_needs():
     optimizer = make_optimizer(masked, mask_lr=0.05)
     for _ in range(400):
         x = torch.randn(64, 4)
-        training_step(masked, optimizer, nn.functional.mse_loss, (x,), x[:, :2].sum(1, keepdim=True))
+        training_step(masked, optimizer, lambda: nn.functional.mse_loss(masked(x), x[:, :2].sum(1, keepdim=True)))
     assert masked.deterministic_masks().tensors["weight"].tolist() == [[True, True, False, False]]
 
 
