@@ -65,7 +65,7 @@ def run_resumable(
         torch.set_rng_state(saved["torch_rng"])
         done = saved["step"]
         log.info("%s: resuming at step %d from %s", description, done, checkpoint)
-    with tqdm(total=total_steps, initial=done, desc=description, unit="step", dynamic_ncols=True) as bar:
+    with tqdm(total=total_steps, initial=done, desc=description, unit="step", mininterval=1.0) as bar:
         for i in range(done, total_steps):
             step()
             bar.update(1)

@@ -1,0 +1,1 @@
+"""Figures and tables from Parquet alone (never imports torch, ray or mlflow)."""

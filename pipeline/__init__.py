@@ -1,0 +1,1 @@
+"""CLI, experiment presets, stages, and the Parquet/MLflow writers."""

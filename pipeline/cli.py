@@ -1,0 +1,63 @@
+"""`pipeline` command line: every command builds a config and calls a plain function."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from pipeline.config import flatten, override, parse_assignments
+from pipeline.experiments import EXPERIMENTS, get_experiment
+
+
+def _fail(message: str) -> None:
+    raise click.ClickException(message)
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+def main(verbose: bool):
+    """Find functional modules in trained networks with differentiable weight masks."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command("list")
+def list_command():
+    """Show the experiments and their default settings."""
+    for name in EXPERIMENTS:
+        config = get_experiment(name)
+        click.echo(f"{name}")
+        for key, value in flatten(config).items():
+            click.echo(f"    {key} = {value}")
+
+
+@main.command("run")
+@click.argument("experiment")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
+@click.option("--smoke", is_flag=True, help="Shrink steps and sizes for a quick look.")
+@click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
+def run_command(experiment: str, seed: int, assignments: tuple[str, ...], smoke: bool, results_dir: Path):
+    """Pretrain, mask and evaluate one trial of EXPERIMENT (resumes where it stopped)."""
+    from pipeline.run import run_trial
+
+    try:
+        config = get_experiment(experiment, smoke=smoke)
+        config = override(dataclasses.replace(config, seed=seed), parse_assignments(assignments))
+        result = run_trial(config, results_dir)
+    except (KeyError, ValueError, TypeError, PermissionError, ConnectionError) as error:
+        _fail(str(error.args[0]) if isinstance(error, KeyError) else str(error))
+    click.echo(f"\ntrial {result.trial_id} finished")
+    for key, value in sorted(result.metrics.items()):
+        if key.startswith(("accuracy/none/", "shared_fraction/", "kept/")) or "/full" not in key:
+            click.echo(f"  {key}: {value:.4g}")
+    click.echo(f"\nmasks and config: {result.trial_dir}")
+    click.echo(f"Parquet tables:   {result.parquet_dir}  (pyarrow.dataset.dataset(path, partitioning='hive'))")
+    click.echo(f"MLflow run {result.run_id}: mlflow ui --backend-store-uri {result.tracking_uri}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Where a trial's results go: Parquet tables (one file per trial and table) and one MLflow run."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+TABLES = ("metrics", "layers", "operations", "histograms")
+
+
+# -- Parquet ---------------------------------------------------------------------------------------
+def parquet_path(results_dir: Path, table: str, trial: str) -> Path:
+    """<results>/parquet/<table>/trial_id=<id>/part-0.parquet: hive-partitioned by trial."""
+    return results_dir / "parquet" / table / f"trial_id={trial}" / "part-0.parquet"
+
+
+def write_tables(tables: dict[str, list[dict]], context: dict, results_dir: Path, trial: str) -> list[Path]:
+    """Each row gets the context columns (trial_id, experiment, seed, task_version, config keys)."""
+    written = []
+    for table, rows in tables.items():
+        if not rows:
+            continue
+        path = parquet_path(results_dir, table, trial)
+        columns = {key: [row[key] for row in rows] for key in rows[0]}
+        columns |= {key: [value] * len(rows) for key, value in context.items() if key != "trial_id"}
+        write_parquet_atomic(pa.table(columns), path)
+        written.append(path)
+    return written
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    """Write to a hidden temp file, then rename: readers never see a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def tables_written(results_dir: Path, trial: str, tables: list[str]) -> bool:
+    return all(parquet_path(results_dir, t, trial).exists() for t in tables)
+
+
+# -- MLflow ----------------------------------------------------------------------------------------
+def tracking_uri(results_dir: Path) -> str:
+    """MLFLOW_TRACKING_URI if set, else a sqlite store beside the results (no server needed)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(results_dir / 'mlflow.db').resolve()}"
+
+
+def check_tracking(uri: str) -> None:
+    """Fail fast, before any training, when the tracking store cannot be reached."""
+    import mlflow
+
+    with _quick_http():
+        try:
+            mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        except Exception as error:  # MLflow raises many types for an unreachable store
+            raise ConnectionError(
+                f"cannot reach the MLflow tracking store {uri!r} ({type(error).__name__}: {str(error)[:200]}); "
+                "start the server, fix MLFLOW_TRACKING_URI, or unset it to use a local sqlite store"
+            ) from None
+
+
+@contextlib.contextmanager
+def _quick_http():
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+
+
+def log_trial(uri: str, experiment: str, trial: str, params: dict, metrics: dict, tags: dict, artifacts: list[Path],
+              parent_run_id: str | None = None, artifact_root: Path | None = None) -> str:
+    """One MLflow run per trial, found again by its trial_id tag, so a re-run never duplicates it."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment_id = _experiment_id(client, experiment, artifact_root)
+    existing = client.search_runs([experiment_id], filter_string=f"tags.trial_id = '{trial}'", max_results=1)
+    if existing and existing[0].info.status == "FINISHED":
+        return existing[0].info.run_id
+    all_tags = {"trial_id": trial, **{k: str(v) for k, v in tags.items()}}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = existing[0] if existing else client.create_run(experiment_id, run_name=trial, tags=all_tags)
+    run_id = run.info.run_id
+    client.log_batch(
+        run_id,
+        params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()] if not existing else [],
+        metrics=[mlflow.entities.Metric(k, float(v), 0, 0) for k, v in metrics.items()],
+    )
+    for path in artifacts:
+        client.log_artifacts(run_id, str(path), artifact_path=path.name) if path.is_dir() else client.log_artifact(
+            run_id, str(path))
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def _experiment_id(client, name: str, artifact_root: Path | None = None) -> str:
+    found = client.get_experiment_by_name(name)
+    if found:
+        return found.experiment_id
+    location = (artifact_root / name).resolve().as_uri() if artifact_root else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # created concurrently by another trial
+        return client.get_experiment_by_name(name).experiment_id

@@ -1,0 +1,80 @@
+"""One trial end to end: pretrain -> masks -> evaluate -> Parquet + MLflow. CLI and Ray call this."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline import records
+from pipeline.config import ExperimentConfig, flatten
+from pipeline.evaluate import evaluate, summary_metrics
+from pipeline.experiments import validate
+from pipeline.stages import mask_names, pretrain, train_mask, trial_dir, trial_id, write_json_atomic, write_trial_config
+from tasks import get_task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    trial_id: str
+    trial_dir: Path
+    parquet_dir: Path
+    tracking_uri: str
+    run_id: str
+    metrics: dict
+
+
+def check_results_dir(results_dir: Path) -> None:
+    """Fail before any work when the output folder cannot be written."""
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=results_dir, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise PermissionError(f"cannot write to the results directory {str(results_dir)!r}: {error.strerror}; "
+                              "choose another with --results-dir") from None
+
+
+def run_trial(config: ExperimentConfig, results_dir: Path, parent_run_id: str | None = None,
+              tags: dict | None = None) -> TrialResult:
+    """Run (or resume) every stage of one trial; finished stages are not redone."""
+    validate(config)
+    results_dir = Path(results_dir)
+    check_results_dir(results_dir)
+    uri = records.tracking_uri(results_dir)
+    records.check_tracking(uri)
+    trial = trial_id(config)
+    write_trial_config(config, results_dir)
+    done_marker = trial_dir(config, results_dir) / "recorded.json"
+    if done_marker.exists():
+        log.info("trial %s already finished; nothing to do", trial)
+        recorded = __import__("json").loads(done_marker.read_text())
+        return TrialResult(trial, trial_dir(config, results_dir), results_dir / "parquet", uri, recorded["run_id"],
+                           recorded["metrics"])
+
+    pretrained = pretrain(config, results_dir)
+    for name in mask_names(config):
+        train_mask(config, name, pretrained, results_dir)
+    tables = evaluate(config, pretrained, results_dir)
+
+    task = get_task(config.task)
+    context = {"trial_id": trial, "task_version": task.version, **flatten(config)}
+    records.write_tables(tables, context, results_dir, trial)
+    metrics = summary_metrics(tables, task.subtasks)
+    run_id = records.log_trial(
+        uri, f"modular/{config.experiment}", trial, flatten(config) | {"task_version": task.version}, metrics,
+        {"experiment": config.experiment, "seed": config.seed, "size": config.model.size, "beta": config.mask.beta,
+         **(tags or {})},
+        [trial_dir(config, results_dir) / "masks", trial_dir(config, results_dir) / "config.json"],
+        parent_run_id, artifact_root=results_dir / "mlartifacts",
+    )
+    write_json_atomic({"run_id": run_id, "metrics": metrics}, done_marker)
+    return TrialResult(trial, trial_dir(config, results_dir), results_dir / "parquet", uri, run_id, metrics)
+
+
+def default_results_dir() -> Path:
+    return Path(os.environ.get("MODULAR_RESULTS_DIR", "results"))

@@ -1,0 +1,85 @@
+import dataclasses
+
+import pytest
+import torch
+
+from pipeline.config import ExperimentConfig, flatten, override, parse_assignments
+from pipeline.experiments import EXPERIMENTS, PRESENTATIONS, build_model, get_experiment, validate
+from tasks import get_task
+
+
+def test_override_sets_nested_keys_with_types():
+    config = override(ExperimentConfig(), {"mask.beta": "4e-4", "pretrain.steps": "10", "mask.fused": "false"})
+    assert config.mask.beta == 4e-4 and config.pretrain.steps == 10 and config.mask.fused is False
+    assert ExperimentConfig().mask.beta == 1e-4  # the original is untouched
+
+
+@pytest.mark.parametrize(
+    "assignment, error, message",
+    [
+        ({"mask.bta": "1"}, KeyError, "did you mean 'mask.beta'"),
+        ({"pretrain.steps": "ten"}, TypeError, "pretrain.steps must be int"),
+        ({"mask.fused": "maybe"}, TypeError, "mask.fused must be bool"),
+        ({"pretrain.steps": "-5"}, ValueError, "must not be negative"),
+        ({"mask.beta": "-1e-4"}, ValueError, "must not be negative"),
+    ],
+)
+def test_bad_overrides_are_clear_errors(assignment, error, message):
+    with pytest.raises(error, match=message):
+        override(ExperimentConfig(), assignment)
+
+
+def test_parse_assignments_rejects_missing_equals():
+    assert parse_assignments(("a.b=1",)) == {"a.b": "1"}
+    with pytest.raises(ValueError, match="key=value"):
+        parse_assignments(("a.b",))
+
+
+def test_unknown_experiment_suggests_nearest():
+    with pytest.raises(KeyError, match="did you mean 'addmul-fnn'"):
+        get_experiment("addmul-fn")
+
+
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+@pytest.mark.parametrize("smoke", [False, True])
+def test_every_experiment_preset_builds_and_presents(name, smoke):
+    """Contract over every preset: valid, its model builds, and its presentation gives [B, out]."""
+    config = get_experiment(name, smoke=smoke)
+    validate(config)
+    assert set(flatten(config)) == set(flatten(ExperimentConfig()))
+    task = get_task(config.task)
+    if not smoke and config.model.kind == "fnn":
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, size="8,8"))
+    model = build_model(config.model, task.input_size, task.output_size)
+    batch = task.sample(4, "full", torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    out = PRESENTATIONS[config.presentation](model, batch.inputs)
+    assert out.shape == (4, task.output_size)
+
+
+def test_sequential_presentation_reads_pair1_before_pair2_is_shown():
+    """Pair-1 outputs come from step 3, before pair 2 is presented: changing pair 2 leaves them."""
+    task = get_task("double_add")
+    torch.manual_seed(0)
+    model = build_model(get_experiment("double-add-lstm", smoke=True).model, task.input_size, task.output_size)
+    batch = task.sample(4, "full", torch.Generator().manual_seed(0))
+    changed = batch.inputs.clone()
+    changed[:, 40:] = torch.roll(changed[:, 40:], 1, 0)
+    a = PRESENTATIONS["sequential_pairs"](model, batch.inputs)
+    b = PRESENTATIONS["sequential_pairs"](model, changed)
+    assert torch.equal(a[:, :20], b[:, :20]) and not torch.equal(a[:, 20:], b[:, 20:])
+
+
+def test_two_passes_zero_the_other_pair():
+    """FNN double addition: pair-1 outputs depend only on pair 1, pair-2 outputs only on pair 2."""
+    task = get_task("double_add")
+    model = build_model(get_experiment("double-add-fnn", smoke=True).model, task.input_size, task.output_size)
+    batch = task.sample(4, "full", torch.Generator().manual_seed(0))
+    changed = batch.inputs.clone()
+    changed[:, 40:] = torch.roll(changed[:, 40:], 1, 0)
+    a = PRESENTATIONS["two_passes"](model, batch.inputs)
+    b = PRESENTATIONS["two_passes"](model, changed)
+    assert torch.equal(a[:, :20], b[:, :20])
+    first_only = batch.inputs.clone()
+    first_only[:, 40:] = 0
+    torch.testing.assert_close(a[:, :20], model(first_only)[:, :20])

@@ -1,0 +1,130 @@
+"""End to end on the real thing: training, Parquet files, a sqlite MLflow store in tmp_path."""
+
+import mlflow
+import pyarrow.dataset as ds
+import pytest
+import torch
+from click.testing import CliRunner
+
+import pipeline.stages
+from pipeline.cli import main
+from pipeline.config import override
+from pipeline.experiments import get_experiment
+from pipeline.run import run_trial
+
+TINY = {"pretrain.steps": "60", "mask.steps": "30", "eval_size": "64", "model.size": "16",
+        "checkpoint_every": "10", "mask.fused": "false"}
+
+
+def tiny(name="addmul-fnn", **extra):
+    return override(get_experiment(name, smoke=True), TINY | extra)
+
+
+@pytest.fixture(autouse=True)
+def local_tracking(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def _runs(results_dir):
+    client = mlflow.MlflowClient(f"sqlite:///{results_dir / 'mlflow.db'}")
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["addmul-fnn", "double-add-lstm-sequential"])
+def test_trial_writes_parquet_and_one_mlflow_run(tmp_path, name):
+    result = run_trial(tiny(name), tmp_path)
+    metrics = ds.dataset(tmp_path / "parquet" / "metrics", partitioning="hive").to_table().to_pylist()
+    layers = ds.dataset(tmp_path / "parquet" / "layers", partitioning="hive").to_table().to_pylist()
+    subtasks = {"addmul-fnn": {"add", "mul"}, "double-add-lstm-sequential": {"pair1", "pair2"}}[name]
+    assert {r["mask"] for r in metrics} == {"none"} | subtasks | {"full"} | {f"not-{m}" for m in subtasks | {"full"}}
+    assert all(0 <= r["accuracy"] <= 1 and r["trial_id"] == result.trial_id and r["seed"] == 0 for r in metrics)
+    assert all(r["task_version"] == 1 and r["mask.beta"] > 0 for r in metrics)
+    # per-layer counts agree with the saved bit-packed masks
+    from models.masking import Masks
+    mask = Masks.load(result.trial_dir / "masks" / f"{sorted(subtasks)[0]}.masks.pt")
+    total_row = [r for r in layers if r["mask"] == sorted(subtasks)[0] and r["layer"] == "all"][0]
+    assert total_row["kept"] == mask.kept() and total_row["total"] == mask.total()
+    runs = _runs(tmp_path)
+    assert len(runs) == 1 and runs[0].data.tags["trial_id"] == result.trial_id
+    assert runs[0].data.params["mask.beta"] == str(tiny(name).mask.beta)
+    assert "accuracy/none/full" in runs[0].data.metrics
+
+
+@pytest.mark.slow
+def test_interrupted_trial_resumes_to_the_same_result_exactly_once(tmp_path, monkeypatch):
+    straight = run_trial(tiny(), tmp_path / "straight")
+
+    calls = {"n": 0}
+    real_step = pipeline.stages.training_step
+
+    def failing_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 45:  # second mask, after its checkpoint at step 10
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline.stages, "training_step", failing_step)
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(tiny(), tmp_path / "resumed")
+    masks_dir = tmp_path / "resumed" / "trials" / straight.trial_id / "masks"
+    assert (masks_dir / "add.logits.pt").exists() and (masks_dir / "mul.checkpoint.pt").exists()
+    assert not (tmp_path / "resumed" / "parquet").exists() and not list(masks_dir.glob(".*.tmp"))
+    pretrained = next((tmp_path / "resumed" / "pretrained").glob("*/model.pt"))
+    pretrained_mtime = pretrained.stat().st_mtime_ns
+    monkeypatch.setattr(pipeline.stages, "training_step", real_step)
+
+    resumed = run_trial(tiny(), tmp_path / "resumed")
+    run_trial(tiny(), tmp_path / "resumed")  # a third call finds it finished
+    assert pretrained.stat().st_mtime_ns == pretrained_mtime
+    for name in ("add", "mul", "full"):
+        a = torch.load(straight.trial_dir / "masks" / f"{name}.logits.pt")
+        b = torch.load(resumed.trial_dir / "masks" / f"{name}.logits.pt")
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert len(_runs(tmp_path / "resumed")) == 1
+    table = ds.dataset(tmp_path / "resumed" / "parquet" / "metrics", partitioning="hive").to_table()
+    assert table.num_rows == ds.dataset(tmp_path / "straight" / "parquet" / "metrics", partitioning="hive").to_table().num_rows
+
+
+@pytest.mark.slow
+def test_pretrained_network_is_reused_across_mask_settings(tmp_path):
+    run_trial(tiny(), tmp_path)
+    run_trial(tiny(**{"mask.beta": "1e-3"}), tmp_path)
+    assert len(list((tmp_path / "pretrained").iterdir())) == 1
+    assert len(list((tmp_path / "trials").iterdir())) == 2
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["run", "addmul-fn"], "did you mean 'addmul-fnn'"),
+        (["run", "addmul-fnn", "--set", "mask.bta=1"], "did you mean 'mask.beta'"),
+        (["run", "addmul-fnn", "--set", "pretrain.steps=x"], "pretrain.steps must be int"),
+        (["run", "addmul-fnn", "--set", "mask.steps=-3"], "must not be negative"),
+        (["run", "addmul-fnn", "--set", "model.size=tiny"], "model.size must be one of"),
+    ],
+)
+def test_cli_bad_input(tmp_path, arguments, message):
+    result = CliRunner().invoke(main, [*arguments, "--results-dir", str(tmp_path / "out")])
+    assert result.exit_code != 0 and message in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_unreachable_tracking_and_unwritable_output(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = CliRunner().invoke(main, ["run", "addmul-fnn", "--smoke", "--results-dir", str(blocker / "out")])
+    assert result.exit_code != 0 and "cannot write to the results directory" in result.output
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    result = CliRunner().invoke(main, ["run", "addmul-fnn", "--smoke", "--results-dir", str(tmp_path / "out")])
+    assert result.exit_code != 0 and "cannot reach the MLflow tracking store" in result.output
+    assert not (tmp_path / "out" / "trials").exists() and not (tmp_path / "out" / "pretrained").exists()
+
+
+def test_cli_list_shows_every_experiment():
+    result = CliRunner().invoke(main, ["list"])
+    assert result.exit_code == 0
+    for name in ("addmul-fnn", "addmul-lstm", "double-add-fnn", "double-add-lstm", "double-add-lstm-sequential"):
+        assert name in result.output
+    assert "mask.beta = 0.0004" in result.output
