@@ -26,7 +26,15 @@ def main(verbose: bool):
 
 @main.command("list")
 def list_command():
-    """Show the experiments and their default settings."""
+    """Show the sweeps, the experiments and their default settings."""
+    from pipeline.sweep import SWEEPS
+
+    click.echo("sweeps (pipeline sweep NAME):")
+    for name, spec in SWEEPS.items():
+        grid = ", ".join(f"{k} in {v}" for k, v in spec.grid.items())
+        click.echo(f"  {name}: {spec.description}; experiments {', '.join(spec.experiments)}; {grid or 'no grid'};"
+                   f" {spec.seeds} seeds")
+    click.echo("\nexperiments (pipeline run NAME):")
     for name in EXPERIMENTS:
         config = get_experiment(name)
         click.echo(f"{name}")
@@ -57,6 +65,35 @@ def run_command(experiment: str, seed: int, assignments: tuple[str, ...], smoke:
     click.echo(f"\nmasks and config: {result.trial_dir}")
     click.echo(f"Parquet tables:   {result.parquet_dir}  (pyarrow.dataset.dataset(path, partitioning='hive'))")
     click.echo(f"MLflow run {result.run_id}: mlflow ui --backend-store-uri {result.tracking_uri}")
+
+
+@main.command("sweep")
+@click.argument("name")
+@click.option("--seeds", type=click.IntRange(min=1), default=None, help="Seeds per grid point (default: the preset's).")
+@click.option("--smoke", is_flag=True, help="Smaller grid, fewer steps: a look in about ten minutes on 2 cores.")
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
+@click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
+@click.option("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray).")
+@click.option("--cpus-per-trial", type=float, default=1, show_default=True)
+@click.option("--gpus-per-trial", type=float, default=0, show_default=True, help="Fractions share a GPU.")
+@click.option("--max-failures", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Retries of a trial that dies or raises.")
+@click.option("--resume/--no-resume", default=None,
+              help="Resume the interrupted sweep (the default when its state exists); --no-resume starts anew.")
+def sweep_command(name, seeds, smoke, assignments, results_dir, address, cpus_per_trial, gpus_per_trial, max_failures,
+                  resume):
+    """Run the sweep NAME on Ray Tune; started again, it resumes without redoing finished trials."""
+    from pipeline.sweep import run_sweep, summary_lines
+
+    try:
+        summary = run_sweep(name, results_dir, seeds, smoke, parse_assignments(assignments), address, cpus_per_trial,
+                            gpus_per_trial, max_failures, resume)
+    except (KeyError, ValueError, TypeError, PermissionError, ConnectionError, FileNotFoundError) as error:
+        _fail(str(error.args[0]) if isinstance(error, KeyError) else str(error))
+    for line in summary_lines(summary):
+        click.echo(line)
+    if summary.failed:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

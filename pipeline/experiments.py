@@ -89,7 +89,7 @@ def get_experiment(name: str, smoke: bool = False) -> ExperimentConfig:
             eval_size=1024,
             checkpoint_every=500,
             model=dataclasses.replace(config.model, size="small", lstm_hidden=64),
-            pretrain=PretrainConfig(steps=3000),
+            pretrain=PretrainConfig(steps=5000),
             mask=dataclasses.replace(config.mask, steps=1500),
         )
     return config

@@ -81,6 +81,11 @@ def _quick_http():
 def log_trial(uri: str, experiment: str, trial: str, params: dict, metrics: dict, tags: dict, artifacts: list[Path],
               parent_run_id: str | None = None, artifact_root: Path | None = None) -> str:
     """One MLflow run per trial, found again by its trial_id tag, so a re-run never duplicates it."""
+    with _store_lock(uri):
+        return _log_trial(uri, experiment, trial, params, metrics, tags, artifacts, parent_run_id, artifact_root)
+
+
+def _log_trial(uri, experiment, trial, params, metrics, tags, artifacts, parent_run_id, artifact_root) -> str:
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=uri)
@@ -114,3 +119,43 @@ def _experiment_id(client, name: str, artifact_root: Path | None = None) -> str:
         return client.create_experiment(name, artifact_location=location)
     except Exception:  # created concurrently by another trial
         return client.get_experiment_by_name(name).experiment_id
+
+
+def _store_lock(uri: str):
+    """Concurrent trials writing one sqlite file hit "database is locked": take turns on one host.
+
+    Server-backed stores (a tracking server on the cluster head) handle concurrency themselves.
+    """
+    if not uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    from filelock import FileLock
+
+    return FileLock(uri.removeprefix("sqlite:///") + ".lock", timeout=600)
+
+
+def sweep_experiment(sweep: str) -> str:
+    """The MLflow experiment of a sweep: its parent run and every trial's nested run."""
+    return f"modular/sweep/{sweep}"
+
+
+def sweep_parent_run(uri: str, sweep: str, artifact_root: Path | None = None) -> str:
+    """The sweep's parent run: found by its tag when the sweep resumes, created otherwise."""
+    import mlflow
+
+    with _store_lock(uri):
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        experiment_id = _experiment_id(client, sweep_experiment(sweep), artifact_root)
+        found = client.search_runs([experiment_id], filter_string=f"tags.sweep = '{sweep}'", max_results=1)
+        if found:
+            return found[0].info.run_id
+        return client.create_run(experiment_id, run_name=sweep, tags={"sweep": sweep}).info.run_id
+
+
+def finish_sweep_parent_run(uri: str, run_id: str, summary: dict) -> None:
+    import mlflow
+
+    with _store_lock(uri):
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        for key in ("done", "failed", "retried", "wall_seconds"):
+            client.log_metric(run_id, f"sweep/{key}", float(summary[key]))
+        client.set_terminated(run_id, "FINISHED" if summary["failed"] == 0 else "FAILED")

@@ -40,7 +40,7 @@ def check_results_dir(results_dir: Path) -> None:
 
 
 def run_trial(config: ExperimentConfig, results_dir: Path, parent_run_id: str | None = None,
-              tags: dict | None = None) -> TrialResult:
+              tags: dict | None = None, mlflow_experiment: str | None = None) -> TrialResult:
     """Run (or resume) every stage of one trial; finished stages are not redone."""
     validate(config)
     results_dir = Path(results_dir)
@@ -66,7 +66,7 @@ def run_trial(config: ExperimentConfig, results_dir: Path, parent_run_id: str | 
     records.write_tables(tables, context, results_dir, trial)
     metrics = summary_metrics(tables, task.subtasks)
     run_id = records.log_trial(
-        uri, f"modular/{config.experiment}", trial, flatten(config) | {"task_version": task.version}, metrics,
+        uri, mlflow_experiment or f"modular/{config.experiment}", trial, flatten(config) | {"task_version": task.version}, metrics,
         {"experiment": config.experiment, "seed": config.seed, "size": config.model.size, "beta": config.mask.beta,
          **(tags or {})},
         [trial_dir(config, results_dir) / "masks", trial_dir(config, results_dir) / "config.json"],

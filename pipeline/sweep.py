@@ -1,0 +1,226 @@
+"""Sweeps over seeds, β and sizes on Ray Tune: local by default, any Ray cluster unchanged.
+
+Every trial calls pipeline.run.run_trial, which resumes from its own stage files and records
+itself once (Parquet path and MLflow tag keyed by trial id), so Tune's retries and a resumed sweep
+never duplicate a trial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import records
+from pipeline.config import override
+from pipeline.experiments import get_experiment
+from pipeline.run import check_results_dir, run_trial
+from tasks.registry import suggest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """experiments × grid (config key -> values) × seeds."""
+
+    experiments: tuple[str, ...]
+    grid: dict = field(default_factory=dict)
+    seeds: int = 10
+    smoke_grid: dict | None = None  # replaces `grid` under --smoke
+    description: str = ""
+
+
+SWEEPS: dict[str, SweepSpec] = {
+    "sharing-vs-capacity": SweepSpec(
+        ("addmul-fnn",), {"model.size": ["small", "medium", "big", "huge"]},
+        smoke_grid={"model.size": ["small", "400,400,400,400"]},
+        description="Fig. 9: sharing of add/mul against FNN size",
+    ),
+    "alpha-sensitivity": SweepSpec(
+        ("addmul-fnn",),
+        {"model.size": ["medium", "big"], "mask.beta": [float(b) for b in np.logspace(-5, -3, 26)]},
+        smoke_grid={"model.size": ["small"], "mask.beta": [1e-5, 1e-4, 1e-3]},
+        description="Fig. 8: accuracy and sharing against β",
+    ),
+    "addmul": SweepSpec(("addmul-fnn", "addmul-lstm"), description="Figs. 1, 10-12"),
+    "double-add": SweepSpec(
+        ("double-add-fnn", "double-add-lstm", "double-add-lstm-sequential"), description="Figs. 2, 13, 14"
+    ),
+}
+
+
+def get_sweep(name: str) -> SweepSpec:
+    if name not in SWEEPS:
+        raise KeyError(f"unknown sweep {name!r}{suggest(name, SWEEPS)}; known sweeps: {', '.join(SWEEPS)}")
+    return SWEEPS[name]
+
+
+def param_space(spec: SweepSpec, seeds: int, smoke: bool, overrides: dict) -> dict:
+    """Tune's grid: seeds are a grid axis (num_samples would repeat the whole grid)."""
+    from ray import tune
+
+    grid = spec.smoke_grid if smoke and spec.smoke_grid is not None else spec.grid
+    fixed = {k: v for k, v in overrides.items() if k not in grid}
+    for experiment in spec.experiments:  # fail on a bad key or value before starting Ray
+        for values in [dict(zip(grid, combo)) for combo in _product(grid)] or [{}]:
+            override(get_experiment(experiment, smoke), {k: str(v) for k, v in (values | fixed).items()})
+    space = {"experiment": tune.grid_search(list(spec.experiments)), "seed": tune.grid_search(list(range(seeds)))}
+    space |= {key: tune.grid_search(list(values)) for key, values in grid.items()}
+    return space | {"fixed_overrides": fixed, "smoke": smoke}
+
+
+def _product(grid: dict) -> list[tuple]:
+    import itertools
+
+    return list(itertools.product(*grid.values())) if grid else []
+
+
+# -- the trial ----------------------------------------------------------------------------------------
+def sweep_trial(trial_config: dict) -> None:
+    """Tune function trainable: build the ExperimentConfig and run it; report after each stage."""
+    import torch
+    from ray import tune
+
+    torch.set_num_threads(max(1, int(trial_config["cpus_per_trial"])))
+    context = trial_config["context"]
+    config = get_experiment(trial_config["experiment"], trial_config["smoke"])
+    keys = {k: v for k, v in trial_config.items() if "." in k}
+    config = override(config, {k: str(v) for k, v in (keys | trial_config["fixed_overrides"]).items()})
+    config = dataclasses.replace(config, seed=int(trial_config["seed"]))
+    results_dir = Path(context["results_dir"])
+    attempt = _count_attempt(results_dir, config)
+    if context.get("fail_first_attempt") and attempt == 1:
+        raise RuntimeError("injected failure on the first attempt (fault-injection test)")
+    result = run_trial(config, results_dir, parent_run_id=context["parent_run_id"], tags={"sweep": context["sweep"]},
+                       mlflow_experiment=records.sweep_experiment(context["sweep"]))
+    tune.report({"done": 1, "attempts": attempt, **{k.replace("/", "_"): v for k, v in result.metrics.items()}})
+
+
+def _count_attempt(results_dir: Path, config) -> int:
+    """Attempts of this trial so far, kept beside its files (for the retried count of the summary)."""
+    from pipeline.stages import trial_dir
+
+    folder = trial_dir(config, results_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "attempts"
+    count = int(path.read_text()) + 1 if path.exists() else 1
+    path.write_text(str(count))
+    return count
+
+
+# -- the driver ---------------------------------------------------------------------------------------
+@dataclass
+class SweepSummary:
+    name: str
+    done: int
+    failed: int
+    retried: int
+    wall_seconds: float
+    results_dir: Path
+    tracking_uri: str
+    parent_run_id: str
+    resumed: bool
+
+
+def run_sweep(
+    name: str,
+    results_dir: Path,
+    seeds: int | None = None,
+    smoke: bool = False,
+    overrides: dict | None = None,
+    address: str | None = None,
+    cpus_per_trial: float = 1,
+    gpus_per_trial: float = 0,
+    max_failures: int = 2,
+    resume: bool | None = None,
+    num_cpus: int | None = None,
+    fail_first_attempt: bool = False,
+) -> SweepSummary:
+    """Run (or resume) sweep `name`. resume=None: resume when the sweep's Tune state exists."""
+    import ray
+    from ray import tune
+
+    spec = get_sweep(name)
+    results_dir = Path(results_dir).resolve()
+    space = param_space(spec, seeds or spec.seeds, smoke, overrides or {})
+    check_results_dir(results_dir)
+    uri = records.tracking_uri(results_dir)
+    records.check_tracking(uri)
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        check_ray_address(address)
+    storage = results_dir / "ray"
+    sweep_dir = storage / name
+    exists = tune.Tuner.can_restore(str(sweep_dir))
+    if resume and not exists:
+        raise FileNotFoundError(f"nothing to resume: no sweep state at {sweep_dir}; run without --resume")
+    resumed = exists if resume is None else resume
+    parent = records.sweep_parent_run(uri, name, results_dir / "mlartifacts")
+    space["context"] = {"results_dir": str(results_dir), "parent_run_id": parent, "sweep": name,
+                        "fail_first_attempt": fail_first_attempt}
+    space["cpus_per_trial"] = cpus_per_trial
+
+    start = time.time()
+    ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
+             ignore_reinit_error=True, log_to_driver=False)
+    try:
+        trainable = tune.with_resources(sweep_trial, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+        if resumed:
+            log.info("resuming sweep %s from %s", name, sweep_dir)
+            tuner = tune.Tuner.restore(str(sweep_dir), trainable, resume_errored=True, param_space=space)
+        else:
+            tuner = tune.Tuner(
+                trainable, param_space=space,
+                run_config=tune.RunConfig(name=name, storage_path=str(storage),
+                                          failure_config=tune.FailureConfig(max_failures=max_failures),
+                                          verbose=1),
+            )
+        grid = tuner.fit()
+    finally:
+        ray.shutdown()
+    summary = _summarise(name, grid, results_dir, uri, parent, time.time() - start, resumed)
+    records.finish_sweep_parent_run(uri, parent, dataclasses.asdict(summary))
+    return summary
+
+
+def _summarise(name, grid, results_dir, uri, parent, seconds, resumed) -> SweepSummary:
+    failed = sum(1 for r in grid if r.error is not None)
+    done = len(grid) - failed
+    retried = sum(1 for r in grid if (r.metrics or {}).get("attempts", 1) > 1)
+    return SweepSummary(name, done, failed, retried, seconds, results_dir, uri, parent, resumed)
+
+
+def check_ray_address(address: str) -> None:
+    """Fail in seconds, not minutes, when a cluster address does not answer."""
+    if address == "auto" or address.startswith(("ray://", "anyscale://")) and ":" not in address[6:]:
+        return
+    host_port = address.split("://", 1)[-1]
+    host, _, port = host_port.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port or 6379)), timeout=5):
+            pass
+    except (OSError, ValueError) as error:
+        raise ConnectionError(
+            f"cannot reach the Ray cluster at {address!r} ({error}); start it with `ray up ray_cluster.yaml`, "
+            "check the address (head node IP and port 6379), or leave --address unset to run locally"
+        ) from None
+
+
+def summary_lines(summary: SweepSummary) -> list[str]:
+    return [
+        f"sweep {summary.name}{' (resumed)' if summary.resumed else ''}: {summary.done} trials done, "
+        f"{summary.failed} failed, {summary.retried} retried, {summary.wall_seconds:.0f} s",
+        f"Parquet:  {summary.results_dir / 'parquet'}",
+        f"MLflow:   mlflow ui --backend-store-uri {summary.tracking_uri}  (parent run {summary.parent_run_id})",
+    ]
+
+
+__all__ = ["SWEEPS", "get_sweep", "run_sweep", "summary_lines", "json"]

@@ -1,0 +1,108 @@
+"""Sweeps on a real local Ray instance, a real sqlite MLflow store and real Parquet files."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import pyarrow.dataset as ds
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import main
+from pipeline.sweep import run_sweep
+
+TINY = {"pretrain.steps": "40", "mask.steps": "20", "eval_size": "64", "checkpoint_every": "10", "mask.fused": "false"}
+pytestmark = pytest.mark.slow  # real Ray: tens of seconds each
+
+
+@pytest.fixture(autouse=True)
+def local_tracking(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+
+
+def _sweep(results_dir, **kwargs):
+    options = dict(seeds=2, smoke=True, overrides=TINY, num_cpus=2, max_failures=1)
+    return run_sweep("sharing-vs-capacity", results_dir, **(options | kwargs))
+
+
+def _assert_each_trial_once(results_dir, trials: int):
+    table = ds.dataset(results_dir / "parquet" / "metrics", partitioning="hive").to_table()
+    ids = table.column("trial_id").to_pylist()
+    assert len(set(ids)) == trials
+    rows_per_trial = {i: ids.count(i) for i in set(ids)}
+    assert len(set(rows_per_trial.values())) == 1  # nobody has a duplicated set of rows
+    client = mlflow.MlflowClient(f"sqlite:///{results_dir / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    nested = [r for r in runs if "trial_id" in r.data.tags]
+    parents = [r for r in runs if "trial_id" not in r.data.tags and r.data.tags.get("sweep")]
+    assert len(parents) == 1
+    assert sorted(r.data.tags["trial_id"] for r in nested) == sorted(set(ids))
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in nested)
+    assert {r.data.tags["size"] for r in nested} == {"small", "400,400,400,400"}
+
+
+def test_smoke_sweep_of_four_trials(tmp_path):
+    summary = _sweep(tmp_path)
+    assert (summary.done, summary.failed, summary.retried) == (4, 0, 0)
+    _assert_each_trial_once(tmp_path, 4)
+    # two seeds share nothing, two sizes share nothing: four pretrained nets
+    assert len(list((tmp_path / "pretrained").iterdir())) == 4
+
+
+def test_trial_that_fails_once_succeeds_on_retry(tmp_path):
+    summary = _sweep(tmp_path, fail_first_attempt=True, max_failures=1)
+    assert (summary.done, summary.failed, summary.retried) == (4, 0, 4)
+    _assert_each_trial_once(tmp_path, 4)
+
+
+def test_errored_sweep_resumes_and_records_each_trial_once(tmp_path):
+    first = _sweep(tmp_path, fail_first_attempt=True, max_failures=0)
+    assert first.failed == 4
+    resumed = _sweep(tmp_path, resume=True)
+    assert resumed.resumed and (resumed.done, resumed.failed) == (4, 0)
+    _assert_each_trial_once(tmp_path, 4)
+
+
+def test_killed_driver_then_same_command_resumes(tmp_path):
+    """SIGKILL the whole sweep (driver and local Ray) after a trial finished; run it again."""
+    command = [sys.executable, "-m", "pipeline.cli", "sweep", "sharing-vs-capacity", "--smoke", "--seeds", "2",
+               "--results-dir", str(tmp_path)] + [a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]
+    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=os.environ | {"MLFLOW_TRACKING_URI": ""})
+    deadline = time.time() + 240
+    while not list((tmp_path / "trials").glob("*/recorded.json")) and time.time() < deadline:
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    finished_before = len(list((tmp_path / "trials").glob("*/recorded.json")))
+    assert finished_before >= 1
+
+    summary = _sweep(tmp_path)  # the same sweep again: resumes
+    assert summary.resumed and summary.failed == 0
+    _assert_each_trial_once(tmp_path, 4)
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["sweep", "sharing-vs-capacty"], "did you mean 'sharing-vs-capacity'"),
+        (["sweep", "sharing-vs-capacity", "--set", "mask.bta=1"], "did you mean 'mask.beta'"),
+        (["sweep", "sharing-vs-capacity", "--address", "127.0.0.1:9"], "cannot reach the Ray cluster"),
+        (["sweep", "sharing-vs-capacity", "--resume"], "nothing to resume"),
+    ],
+)
+def test_sweep_bad_input(tmp_path, arguments, message):
+    result = CliRunner().invoke(main, [*arguments, "--results-dir", str(tmp_path / "out")])
+    assert result.exit_code != 0 and message in result.output
+    assert not (tmp_path / "out" / "trials").exists()
+
+
+def test_sweep_unwritable_storage(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = CliRunner().invoke(main, ["sweep", "sharing-vs-capacity", "--results-dir", str(blocker / "x")])
+    assert result.exit_code != 0 and "cannot write to the results directory" in result.output
