@@ -40,12 +40,13 @@ def check_results_dir(results_dir: Path) -> None:
 
 
 def run_trial(config: ExperimentConfig, results_dir: Path, parent_run_id: str | None = None,
-              tags: dict | None = None, mlflow_experiment: str | None = None) -> TrialResult:
+              tags: dict | None = None, mlflow_experiment: str | None = None,
+              tracking_uri: str | None = None) -> TrialResult:
     """Run (or resume) every stage of one trial; finished stages are not redone."""
     validate(config)
     results_dir = Path(results_dir)
     check_results_dir(results_dir)
-    uri = records.tracking_uri(results_dir)
+    uri = tracking_uri or records.tracking_uri(results_dir)
     records.check_tracking(uri)
     trial = trial_id(config)
     write_trial_config(config, results_dir)

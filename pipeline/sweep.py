@@ -100,7 +100,8 @@ def sweep_trial(trial_config: dict) -> None:
     if context.get("fail_first_attempt") and attempt == 1:
         raise RuntimeError("injected failure on the first attempt (fault-injection test)")
     result = run_trial(config, results_dir, parent_run_id=context["parent_run_id"], tags={"sweep": context["sweep"]},
-                       mlflow_experiment=records.sweep_experiment(context["sweep"]))
+                       mlflow_experiment=records.sweep_experiment(context["sweep"]),
+                       tracking_uri=context["tracking_uri"])
     tune.report({"done": 1, "attempts": attempt, **{k.replace("/", "_"): v for k, v in result.metrics.items()}})
 
 
@@ -164,7 +165,7 @@ def run_sweep(
         raise FileNotFoundError(f"nothing to resume: no sweep state at {sweep_dir}; run without --resume")
     resumed = exists if resume is None else resume
     parent = records.sweep_parent_run(uri, name, results_dir / "mlartifacts")
-    space["context"] = {"results_dir": str(results_dir), "parent_run_id": parent, "sweep": name,
+    space["context"] = {"results_dir": str(results_dir), "parent_run_id": parent, "sweep": name, "tracking_uri": uri,
                         "fail_first_attempt": fail_first_attempt}
     space["cpus_per_trial"] = cpus_per_trial
 
