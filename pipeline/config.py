@@ -41,7 +41,8 @@ class MaskStageConfig:
 class ExperimentConfig:
     experiment: str = "addmul-fnn"
     task: str = "addmul"
-    presentation: str = "direct"  # how the task's examples reach the model, see pipeline.presentation
+    presentation: str = "direct"  # how the task's examples reach the model, see pipeline.experiments
+    sweep: str = ""  # the sweep a trial belongs to ("" for `pipeline run`)
     seed: int = 0
     device: str = "cpu"
     eval_size: int = 4096

@@ -94,7 +94,7 @@ def sweep_trial(trial_config: dict) -> None:
     config = get_experiment(trial_config["experiment"], trial_config["smoke"])
     keys = {k: v for k, v in trial_config.items() if "." in k}
     config = override(config, {k: str(v) for k, v in (keys | trial_config["fixed_overrides"]).items()})
-    config = dataclasses.replace(config, seed=int(trial_config["seed"]))
+    config = dataclasses.replace(config, seed=int(trial_config["seed"]), sweep=context["sweep"])
     results_dir = Path(context["results_dir"])
     attempt = _count_attempt(results_dir, config)
     if context.get("fail_first_attempt") and attempt == 1:

@@ -1,0 +1,56 @@
+"""Read the Parquet tables of one or more results directories, with clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+REQUIRED_COLUMNS = {
+    "metrics": ["trial_id", "experiment", "seed", "sweep", "model.size", "mask.beta", "mask", "subtask", "accuracy"],
+    "layers": ["trial_id", "experiment", "seed", "sweep", "model.size", "mask.beta", "mask", "layer", "total", "kept",
+               "shared"],
+    "operations": ["trial_id", "experiment", "seed", "sweep", "mask", "subtask", "operation", "fraction"],
+    "histograms": ["trial_id", "experiment", "sweep", "mask", "bin_left", "bin_right", "count"],
+}
+
+
+class AnalysisInputError(ValueError):
+    """The Parquet input cannot give what the analysis needs; the message says what is missing."""
+
+
+def load_tables(results_dirs: list[Path], sweep: str | None = None) -> dict[str, pa.Table]:
+    """table name -> rows of every trial under the directories (only `sweep`'s rows if given)."""
+    tables = {}
+    for name, columns in REQUIRED_COLUMNS.items():
+        folders = [Path(d) / "parquet" / name for d in results_dirs if (Path(d) / "parquet" / name).is_dir()]
+        if not folders:
+            continue
+        parts = []
+        for folder in folders:
+            part = ds.dataset(str(folder), partitioning="hive").to_table()
+            missing = [c for c in columns if c not in part.column_names]
+            if missing:
+                raise AnalysisInputError(f"Parquet table {name!r} under {folder} lacks column(s) {missing}; "
+                                         f"it has {part.column_names[:12]}")
+            parts.append(part)
+        tables[name] = pa.concat_tables(parts, promote_options="permissive")
+    if not tables:
+        raise AnalysisInputError(
+            f"no Parquet tables under {', '.join(map(str, results_dirs))}: expected <dir>/parquet/<table>/ for tables "
+            f"{', '.join(REQUIRED_COLUMNS)}; run `pipeline run` or `pipeline sweep` first")
+    if sweep is not None:
+        tables = _only_sweep(tables, sweep, results_dirs)
+    return tables
+
+
+def _only_sweep(tables: dict[str, pa.Table], sweep: str, results_dirs) -> dict[str, pa.Table]:
+    present = sorted(set(tables["metrics"].column("sweep").to_pylist())) if "metrics" in tables else []
+    selected = {n: t.filter(pc.equal(t["sweep"], sweep)) for n, t in tables.items()}
+    if not any(t.num_rows for t in selected.values()):
+        raise AnalysisInputError(
+            f"no results of sweep {sweep!r} under {', '.join(map(str, results_dirs))}; "
+            f"it holds sweeps {[s or '(single runs)' for s in present]}")
+    return selected

@@ -1,0 +1,328 @@
+"""The paper's arithmetic figures from Parquet tables: mean ± std over seeds, PNG and PDF.
+
+Each figure function takes the loaded tables and an output folder and returns a Figure (with its
+key numbers beside the paper's) or a Skip with the reason it could not be drawn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+
+from analysis.stats import mean_std, where, with_ratio  # noqa: E402
+
+ADDMUL = ["addmul-fnn", "addmul-lstm"]
+DOUBLE_ADD = ["double-add-fnn", "double-add-lstm", "double-add-lstm-sequential"]
+SIZE_ORDER = ["small", "medium", "big", "huge"]
+
+
+@dataclass
+class Figure:
+    name: str
+    title: str
+    files: list[Path]
+    numbers: dict = field(default_factory=dict)  # key numbers we measured
+    paper: dict = field(default_factory=dict)  # the paper's values for the same quantities
+
+
+@dataclass
+class Skip:
+    name: str
+    reason: str
+
+
+def _save(fig, out: Path, name: str) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / f"{name}.png", out / f"{name}.pdf"]
+    for path in files:
+        fig.savefig(path, bbox_inches="tight", dpi=120)
+    plt.close(fig)
+    return files
+
+
+def _bars(ax, groups: list[str], series: dict[str, list[tuple[float, float]]], ylabel: str) -> None:
+    """Grouped bars with std error bars: series name -> [(mean, std) per group]."""
+    width = 0.8 / max(1, len(series))
+    for i, (label, values) in enumerate(series.items()):
+        means = [v[0] for v in values]
+        stds = [v[1] for v in values]
+        ax.bar(np.arange(len(groups)) + i * width, means, width, yerr=stds, label=label, capsize=3)
+    ax.set_xticks(np.arange(len(groups)) + width * (len(series) - 1) / 2, groups, rotation=20)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+
+
+def _lookup(rows: list[dict], **keys) -> tuple[float, float]:
+    for r in rows:
+        if all(r[k] == v for k, v in keys.items()):
+            return r["mean"], r["std"]
+    return float("nan"), 0.0
+
+
+def _experiments(table: pa.Table, wanted: list[str]) -> list[str]:
+    present = set(table.column("experiment").to_pylist())
+    return [e for e in wanted if e in present]
+
+
+# -- sharing per layer: Figs. 1 and 13 -----------------------------------------------------------------
+def _sharing_per_layer(tables, out, name, experiments_wanted, title) -> Figure | Skip:
+    if "layers" not in tables:
+        return Skip(name, "no layers table")
+    experiments = _experiments(tables["layers"], experiments_wanted)
+    if not experiments:
+        return Skip(name, f"needs trials of {', '.join(experiments_wanted)}")
+    fig, axes = plt.subplots(1, len(experiments), figsize=(5 * len(experiments), 3.5), squeeze=False)
+    numbers = {}
+    for ax, experiment in zip(axes[0], experiments):
+        table = where(tables["layers"], experiment=experiment)
+        table = with_ratio(table.filter(table["shared"].is_valid()), "shared", "kept", "shared_fraction")
+        rows = mean_std(table, ["mask", "layer"], "shared_fraction")
+        masks = sorted({r["mask"] for r in rows})
+        layers = [l for l in dict.fromkeys(r["layer"] for r in rows) if l != "all"]
+        layers = sorted(layers, key=_layer_order) + ["all"]
+        _bars(ax, layers, {m: [tuple(100 * x for x in _lookup(rows, mask=m, layer=l)) for l in layers] for m in masks},
+              "shared [%]")
+        ax.set_title(experiment)
+        for m in masks:
+            numbers[f"{experiment} {m}: shared % per layer"] = ", ".join(
+                f"{l} {100 * _lookup(rows, mask=m, layer=l)[0]:.0f}" for l in layers)
+    fig.suptitle(title)
+    return Figure(name, title, _save(fig, out, name), numbers)
+
+
+def _layer_order(layer: str):
+    digits = "".join(c for c in layer if c.isdigit())
+    return (int(digits) if digits else 10_000, layer)
+
+
+def figure_1(tables, out):
+    figure = _sharing_per_layer(tables, out, "fig01_sharing_per_layer_addmul", ADDMUL,
+                                "Fig. 1: weights shared between add and mul, per layer")
+    if isinstance(figure, Figure):
+        figure.paper["pattern"] = "more sharing in the input and output layers than in the hidden layers"
+    return figure
+
+
+def figure_13(tables, out):
+    figure = _sharing_per_layer(tables, out, "fig13_sharing_per_layer_double_add", DOUBLE_ADD,
+                                "Fig. 13: weights shared between pair 1 and pair 2, per layer")
+    if isinstance(figure, Figure):
+        figure.paper["pattern"] = "sharing is low; first and last FNN layers share no weights"
+    return figure
+
+
+# -- accuracy with (inverted) masks: Figs. 2, 10, 14 -----------------------------------------------
+def _mask_accuracy(tables, out, name, experiments_wanted, masks, subtasks, title) -> Figure | Skip:
+    if "metrics" not in tables:
+        return Skip(name, "no metrics table")
+    experiments = _experiments(tables["metrics"], experiments_wanted)
+    if not experiments:
+        return Skip(name, f"needs trials of {', '.join(experiments_wanted)}")
+    fig, axes = plt.subplots(1, len(experiments), figsize=(5 * len(experiments), 3.5), squeeze=False)
+    numbers = {}
+    for ax, experiment in zip(axes[0], experiments):
+        rows = mean_std(where(tables["metrics"], experiment=experiment), ["mask", "subtask"], "accuracy")
+        labels = [m.replace("not-", "¬") for m in masks]
+        _bars(ax, labels, {s: [tuple(100 * x for x in _lookup(rows, mask=m, subtask=s)) for m in masks]
+                           for s in subtasks}, "accuracy [%]")
+        ax.set_title(experiment)
+        for m in masks:
+            numbers[f"{experiment} mask {m}"] = ", ".join(
+                f"{s} {100 * _lookup(rows, mask=m, subtask=s)[0]:.1f}%" for s in subtasks)
+    fig.suptitle(title)
+    return Figure(name, title, _save(fig, out, name), numbers)
+
+
+def figure_2(tables, out):
+    figure = _mask_accuracy(tables, out, "fig02_double_add_accuracy", ["double-add-fnn", "double-add-lstm"],
+                            ["none", "pair1", "pair2", "not-pair1", "not-pair2"], ["pair1", "pair2"],
+                            "Fig. 2: double addition, accuracy per pair with each mask")
+    if isinstance(figure, Figure):
+        figure.paper["¬pair1 on pair2"] = "only a slight drop: the modules are independent"
+    return figure
+
+
+def figure_14(tables, out):
+    return _mask_accuracy(tables, out, "fig14_double_add_sequential_accuracy", ["double-add-lstm-sequential"],
+                          ["none", "pair1", "pair2", "not-pair1", "not-pair2"], ["pair1", "pair2"],
+                          "Fig. 14: LSTM with one pair at a time")
+
+
+def figure_10(tables, out):
+    figure = _mask_accuracy(tables, out, "fig10_addmul_inverted_masks", ADDMUL,
+                            ["none", "add", "mul", "not-add", "not-mul"], ["add", "mul"],
+                            "Fig. 10: add/mul accuracy with masks and inverted masks")
+    if isinstance(figure, Figure):
+        figure.paper["inverted masks"] = "perform poorly on both operations (limited separation)"
+    return figure
+
+
+# -- Fig. 11: weights per operation --------------------------------------------------------------------
+def figure_11(tables, out):
+    name = "fig11_weights_per_operation"
+    if "layers" not in tables or not _experiments(tables["layers"], ADDMUL):
+        return Skip(name, "needs add/mul trials")
+    experiments = _experiments(tables["layers"], ADDMUL)
+    fig, axes = plt.subplots(1, len(experiments), figsize=(5 * len(experiments), 3.5), squeeze=False)
+    numbers = {}
+    for ax, experiment in zip(axes[0], experiments):
+        table = where(tables["layers"], experiment=experiment, mask=["add", "mul"])
+        rows = mean_std(table, ["mask", "layer"], "kept")
+        layers = sorted({r["layer"] for r in rows if r["layer"] != "all"}, key=_layer_order)
+        _bars(ax, layers, {m: [_lookup(rows, mask=m, layer=l) for l in layers] for m in ("add", "mul")}, "weights")
+        ax.set_title(experiment)
+        ratio = multiplication_to_addition_ratio(tables["layers"], experiment)
+        numbers[f"{experiment} mul/add weights"] = f"{ratio:.2f}x"
+    fig.suptitle("Fig. 11: weights used per operation")
+    return Figure(name, "Fig. 11: weights per operation per layer", _save(fig, out, name), numbers,
+                  {"mul/add weights": "3.8x"})
+
+
+def multiplication_to_addition_ratio(layers: pa.Table, experiment: str) -> float:
+    """Mean over seeds of kept(mul) / kept(add), whole network."""
+    rows = where(layers, experiment=experiment, layer="all").select(["trial_id", "mask", "kept"]).to_pylist()
+    per_trial: dict[str, dict] = {}
+    for r in rows:
+        per_trial.setdefault(r["trial_id"], {})[r["mask"]] = r["kept"]
+    ratios = [t["mul"] / t["add"] for t in per_trial.values() if t.get("add") and "mul" in t]
+    return float(np.mean(ratios)) if ratios else float("nan")
+
+
+# -- Fig. 12: operation performed ----------------------------------------------------------------------
+def figure_12(tables, out):
+    name = "fig12_operation_performed"
+    if "operations" not in tables or not _experiments(tables["operations"], ADDMUL):
+        return Skip(name, "needs add/mul trials (operations table)")
+    experiments = _experiments(tables["operations"], ADDMUL)
+    fig, axes = plt.subplots(len(experiments), 3, figsize=(10, 3 * len(experiments)), squeeze=False)
+    numbers = {}
+    for row_axes, experiment in zip(axes, experiments):
+        rows = mean_std(where(tables["operations"], experiment=experiment), ["mask", "subtask", "operation"],
+                        "fraction")
+        for ax, mask in zip(row_axes, ["none", "add", "mul"]):
+            grid = np.array([[_lookup(rows, mask=mask, subtask=s, operation=o)[0] for o in ("add", "mul", "none")]
+                             for s in ("add", "mul")])
+            ax.imshow(grid, vmin=0, vmax=1, cmap="viridis")
+            ax.set_xticks(range(3), ["add", "mul", "none"])
+            ax.set_yticks(range(2), ["add", "mul"])
+            ax.set_title(f"{experiment}: mask {mask}", fontsize=9)
+            for (i, j), v in np.ndenumerate(grid):
+                ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", color="w")
+            if mask != "none":
+                other = "mul" if mask == "add" else "add"
+                numbers[f"{experiment} mask {mask} asked for {other}: performs"] = ", ".join(
+                    f"{o} {100 * _lookup(rows, mask=mask, subtask=other, operation=o)[0]:.0f}%"
+                    for o in ("add", "mul", "none"))
+    fig.suptitle("Fig. 12: operation performed (rows: asked, columns: performed)")
+    return Figure(name, "Fig. 12: operation actually performed under each mask", _save(fig, out, name), numbers,
+                  {"pattern": "FNN performs the mask's operation; LSTM produces invalid outputs"})
+
+
+# -- Fig. 7: histograms of σ(l) --------------------------------------------------------------------
+def figure_7(tables, out):
+    name = "fig07_keep_probability_histograms"
+    if "histograms" not in tables or tables["histograms"].num_rows == 0:
+        return Skip(name, "no histograms table")
+    table = tables["histograms"]
+    fig, (linear, log) = plt.subplots(1, 2, figsize=(10, 3.5))
+    numbers = {}
+    for experiment in sorted(set(table.column("experiment").to_pylist())):
+        rows = table.filter(table["experiment"] == experiment).group_by(["bin_left"]).aggregate([("count", "sum")])
+        rows = sorted(rows.to_pylist(), key=lambda r: r["bin_left"])
+        left = np.array([r["bin_left"] for r in rows])
+        counts = np.array([r["count_sum"] for r in rows], dtype=float)
+        width = left[1] - left[0] if len(left) > 1 else 1.0
+        density = counts / counts.sum() / width
+        # (a) without the first bin: its near-zero probabilities dwarf the kept weights (Fig. 7a)
+        linear.plot(left[1:] + width / 2, counts[1:] / counts[1:].sum() / width, label=experiment)
+        log.semilogy(left + width / 2, np.maximum(density, 1e-9), label=experiment)
+        middle = counts[(left >= 0.1) & (left < 0.9)].sum() / counts.sum()
+        numbers[f"{experiment}: share of σ(l) in [0.1, 0.9)"] = f"{100 * middle:.2f}%"
+    linear.set_title("(a) linear, first bin removed")
+    log.set_title("(b) all, log scale")
+    for ax in (linear, log):
+        ax.set_xlabel("σ(l)")
+        ax.legend(fontsize=7)
+    return Figure(name, "Fig. 7: histogram of mask probabilities σ(l)", _save(fig, out, name), numbers,
+                  {"pattern": "σ(l) concentrates at 0 and 1, so thresholding at 0.5 is safe"})
+
+
+# -- Figs. 8 and 9: sweeps over β and size --------------------------------------------------------------
+def recommend_beta(metrics: pa.Table, threshold: float = 0.95) -> dict[str, float | None]:
+    """Appendix C.2: per model size, the largest β whose control mask keeps ≥ 95 % of the
+    unmasked accuracy on the full task (means over seeds)."""
+    full = where(metrics, subtask="full")
+    baseline = {r["model.size"]: r["mean"] for r in mean_std(where(full, mask="none"), ["model.size"], "accuracy")}
+    control = mean_std(where(full, mask="full"), ["model.size", "mask.beta"], "accuracy")
+    best: dict[str, float | None] = {size: None for size in baseline}
+    for r in control:
+        size = r["model.size"]
+        if size in baseline and r["mean"] >= threshold * baseline[size]:
+            best[size] = max(best[size] or 0.0, r["mask.beta"])
+    return best
+
+
+def figure_8(tables, out):
+    name = "fig08_beta_sensitivity"
+    if "metrics" not in tables or "layers" not in tables:
+        return Skip(name, "needs metrics and layers tables")
+    metrics = where(tables["metrics"], experiment="addmul-fnn")
+    betas = set(metrics.column("mask.beta").to_pylist())
+    if len(betas) < 2:
+        return Skip(name, f"needs addmul-fnn trials at several β (found {sorted(betas)}); run the alpha-sensitivity sweep")
+    accuracy = mean_std(where(metrics, mask="full", subtask="full"), ["model.size", "mask.beta"], "accuracy")
+    layers = where(tables["layers"], experiment="addmul-fnn", mask="add", layer="all")
+    sharing = mean_std(with_ratio(layers, "shared", "kept", "s"), ["model.size", "mask.beta"], "s")
+    recommended = recommend_beta(metrics)
+    sizes = sorted({r["model.size"] for r in accuracy}, key=_size_order)
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 3.5), squeeze=False)
+    numbers = {}
+    for ax, size in zip(axes[0], sizes):
+        rows = [r for r in accuracy if r["model.size"] == size]
+        x = [r["mask.beta"] for r in rows]
+        ax.errorbar(x, [100 * r["mean"] for r in rows], [100 * r["std"] for r in rows], marker="o", label="accuracy")
+        share = [100 * _lookup(sharing, **{"model.size": size, "mask.beta": b})[0] for b in x]
+        ax.scatter(x, [100 * r["mean"] for r in rows], c=share, cmap="viridis", zorder=3)
+        ax.set_xscale("log")
+        ax.set_xlabel("β")
+        ax.set_ylabel("control-mask accuracy [%]")
+        ax.set_title(f"size {size}")
+        if recommended.get(size) is not None:
+            ax.axvline(recommended[size], color="r")
+            ax.plot([recommended[size]], [100 * _lookup(rows, **{"mask.beta": recommended[size]})[0]], "r*", ms=14)
+        numbers[f"recommended β, size {size}"] = recommended.get(size)
+    fig.suptitle("Fig. 8: β sensitivity (colour: total sharing %, star: recommended β)")
+    return Figure(name, "Fig. 8: sensitivity to β", _save(fig, out, name), numbers, {"chosen β": 1e-4})
+
+
+def _size_order(size: str):
+    return (SIZE_ORDER.index(size), size) if size in SIZE_ORDER else (len(SIZE_ORDER), size)
+
+
+def figure_9(tables, out):
+    name = "fig09_sharing_vs_size"
+    if "layers" not in tables:
+        return Skip(name, "no layers table")
+    layers = where(tables["layers"], experiment="addmul-fnn", mask="add", layer="all")
+    sizes = sorted(set(layers.column("model.size").to_pylist()), key=_size_order)
+    if len(sizes) < 2:
+        return Skip(name, f"needs addmul-fnn trials of several sizes (found {sizes}); run sharing-vs-capacity")
+    rows = mean_std(with_ratio(layers, "shared", "kept", "s"), ["model.size"], "s")
+    rows = sorted(rows, key=lambda r: _size_order(r["model.size"]))
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.errorbar(range(len(rows)), [100 * r["mean"] for r in rows], [100 * r["std"] for r in rows], marker="o")
+    ax.set_xticks(range(len(rows)), [r["model.size"] for r in rows])
+    ax.set_ylabel("add weights shared with mul [%]")
+    numbers = {f"size {r['model.size']}": f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}% (n={r['n']})" for r in rows}
+    return Figure(name, "Fig. 9: sharing against network size", _save(fig, out, name), numbers,
+                  {"pattern": "sharing keeps changing as the network grows"})
+
+
+ALL_FIGURES = [figure_1, figure_2, figure_7, figure_8, figure_9, figure_10, figure_11, figure_12, figure_13, figure_14]

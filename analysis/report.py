@@ -1,0 +1,40 @@
+"""Draw every figure the data allows and write report.md beside them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from analysis.data import load_tables
+from analysis.figures import ALL_FIGURES, Figure, Skip
+
+
+def analyze(results_dirs: list[Path], out: Path, sweep: str | None = None) -> tuple[Path, list]:
+    """-> (report path, [Figure | Skip]). Raises AnalysisInputError on unusable input."""
+    tables = load_tables(results_dirs, sweep)
+    outcomes = [draw(tables, out) for draw in ALL_FIGURES]
+    report = out / "report.md"
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = report.with_name(".report.md.tmp")
+    tmp.write_text(render(outcomes, results_dirs, sweep, tables))
+    tmp.replace(report)
+    return report, outcomes
+
+
+def render(outcomes: list, results_dirs, sweep, tables) -> str:
+    trials = len(set(tables["metrics"].column("trial_id").to_pylist())) if "metrics" in tables else 0
+    lines = [f"# Analysis of {sweep or ', '.join(map(str, results_dirs))}", "",
+             f"{trials} trials. Mean ± standard deviation over seeds.", ""]
+    for outcome in outcomes:
+        if isinstance(outcome, Skip):
+            lines += [f"## {outcome.name} — skipped", "", f"{outcome.reason}.", ""]
+            continue
+        lines += [f"## {outcome.title}", "", f"![{outcome.name}]({outcome.files[0].name})", "",
+                  "| quantity | measured | paper |", "|---|---|---|"]
+        for key, value in outcome.numbers.items():
+            paper = next((v for k, v in outcome.paper.items() if k in key), "")
+            lines.append(f"| {key} | {value} | {paper} |")
+        for key, value in outcome.paper.items():
+            if not any(key in k for k in outcome.numbers):
+                lines.append(f"| {key} | (see figure) | {value} |")
+        lines.append("")
+    return "\n".join(lines)
