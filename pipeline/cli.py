@@ -96,5 +96,40 @@ def sweep_command(name, seeds, smoke, assignments, results_dir, address, cpus_pe
         raise SystemExit(1)
 
 
+@main.command("analyze")
+@click.argument("target")
+@click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
+              help="Where the sweep's results are (when TARGET is a sweep name).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder for figures and report.md.")
+def analyze_command(target: str, results_dir: Path, out: Path | None):
+    """Draw the paper's figures from Parquet. TARGET: a sweep name or a results directory."""
+    from analysis.data import AnalysisInputError
+    from analysis.figures import Skip
+    from analysis.report import analyze
+    from pipeline.sweep import SWEEPS
+
+    is_sweep = target in SWEEPS and not Path(target).is_dir()
+    if not is_sweep and not Path(target).is_dir():
+        from tasks.registry import suggest
+
+        _fail(f"{target!r} is neither a sweep{suggest(target, SWEEPS)} nor a results directory")
+    directory = results_dir if is_sweep else Path(target)
+    out = out or directory / "analysis" / (target if is_sweep else "all")
+    try:
+        report, outcomes = analyze([directory], out, target if is_sweep else None)
+    except AnalysisInputError as error:
+        _fail(str(error))
+    for outcome in outcomes:
+        click.echo(f"  skipped {outcome.name}: {outcome.reason}" if isinstance(outcome, Skip)
+                   else f"  drew    {outcome.files[0]}")
+    click.echo(f"report: {report}")
+    if is_sweep:
+        from pipeline import records
+
+        uri = records.tracking_uri(directory)
+        run_id = records.log_analysis(uri, target, out)
+        click.echo(f"figures logged to the sweep's MLflow parent run {run_id}")
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -159,3 +159,13 @@ def finish_sweep_parent_run(uri: str, run_id: str, summary: dict) -> None:
         for key in ("done", "failed", "retried", "wall_seconds"):
             client.log_metric(run_id, f"sweep/{key}", float(summary[key]))
         client.set_terminated(run_id, "FINISHED" if summary["failed"] == 0 else "FAILED")
+
+
+def log_analysis(uri: str, sweep: str, folder: Path) -> str:
+    """Attach figures and report to the sweep's parent run."""
+    import mlflow
+
+    run_id = sweep_parent_run(uri, sweep)
+    with _store_lock(uri):
+        mlflow.MlflowClient(tracking_uri=uri).log_artifacts(run_id, str(folder), artifact_path="analysis")
+    return run_id
