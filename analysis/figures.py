@@ -234,7 +234,7 @@ def figure_7(tables, out):
     fig, (linear, log) = plt.subplots(1, 2, figsize=(10, 3.5))
     numbers = {}
     for experiment in sorted(set(table.column("experiment").to_pylist())):
-        rows = table.filter(table["experiment"] == experiment).group_by(["bin_left"]).aggregate([("count", "sum")])
+        rows = where(table, experiment=experiment).group_by(["bin_left"]).aggregate([("count", "sum")])
         rows = sorted(rows.to_pylist(), key=lambda r: r["bin_left"])
         left = np.array([r["bin_left"] for r in rows])
         counts = np.array([r["count_sum"] for r in rows], dtype=float)

@@ -145,10 +145,10 @@ def sweep_parent_run(uri: str, sweep: str, artifact_root: Path | None = None) ->
     with _store_lock(uri):
         client = mlflow.MlflowClient(tracking_uri=uri)
         experiment_id = _experiment_id(client, sweep_experiment(sweep), artifact_root)
-        found = client.search_runs([experiment_id], filter_string=f"tags.sweep = '{sweep}'", max_results=1)
+        found = client.search_runs([experiment_id], filter_string=f"tags.sweep_parent = '{sweep}'", max_results=1)
         if found:
             return found[0].info.run_id
-        return client.create_run(experiment_id, run_name=sweep, tags={"sweep": sweep}).info.run_id
+        return client.create_run(experiment_id, run_name=sweep, tags={"sweep": sweep, "sweep_parent": sweep}).info.run_id
 
 
 def finish_sweep_parent_run(uri: str, run_id: str, summary: dict) -> None:

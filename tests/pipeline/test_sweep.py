@@ -38,19 +38,31 @@ def _assert_each_trial_once(results_dir, trials: int):
     client = mlflow.MlflowClient(f"sqlite:///{results_dir / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     nested = [r for r in runs if "trial_id" in r.data.tags]
-    parents = [r for r in runs if "trial_id" not in r.data.tags and r.data.tags.get("sweep")]
+    parents = [r for r in runs if "sweep_parent" in r.data.tags]
     assert len(parents) == 1
     assert sorted(r.data.tags["trial_id"] for r in nested) == sorted(set(ids))
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in nested)
     assert {r.data.tags["size"] for r in nested} == {"small", "400,400,400,400"}
 
 
-def test_smoke_sweep_of_four_trials(tmp_path):
+def test_smoke_sweep_of_four_trials_then_every_figure_it_allows(tmp_path):
     summary = _sweep(tmp_path)
     assert (summary.done, summary.failed, summary.retried) == (4, 0, 0)
     _assert_each_trial_once(tmp_path, 4)
     # two seeds share nothing, two sizes share nothing: four pretrained nets
     assert len(list((tmp_path / "pretrained").iterdir())) == 4
+
+    result = CliRunner().invoke(main, ["analyze", "sharing-vs-capacity", "--results-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "analysis" / "sharing-vs-capacity"
+    for drawn in ("fig01", "fig07", "fig09", "fig10", "fig11", "fig12"):
+        assert len(list(folder.glob(f"{drawn}_*.p*"))) == 2, drawn  # PNG and PDF
+    for skipped in ("fig02", "fig08", "fig13", "fig14"):
+        assert f"skipped {skipped}" in result.output
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
+              if "sweep_parent" in r.data.tags][0]
+    assert "analysis" in [a.path for a in client.list_artifacts(parent.info.run_id)]
 
 
 def test_trial_that_fails_once_succeeds_on_retry(tmp_path):

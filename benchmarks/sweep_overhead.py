@@ -1,0 +1,77 @@
+"""Per-trial overhead of Ray Tune + MLflow + Parquet, and what pretraining reuse saves.
+
+    python benchmarks/sweep_overhead.py [--seeds 2] [--work /tmp/sweep-bench]
+
+1. The smoke trials of `sharing-vs-capacity` run back to back in this process, stages only
+   (pretrain, masks, evaluate: no Parquet, no MLflow, no Ray).
+2. The same trials through `run_sweep` (local Ray, one trial at a time with all CPUs, so both runs
+   use the same threads). Overhead per trial = (sweep wall time - sum of bare trial times) / trials.
+3. alpha-sensitivity --smoke: trials that differ only in β share one pretrained net per seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.config import override
+from pipeline.evaluate import evaluate
+from pipeline.experiments import get_experiment
+from pipeline.stages import mask_names, pretrain, train_mask
+from pipeline.sweep import get_sweep, run_sweep
+
+
+def bare_trial_seconds(config, results_dir: Path) -> tuple[float, float]:
+    """(whole trial, pretraining alone) in seconds, stages only."""
+    start = time.perf_counter()
+    pretrained = pretrain(config, results_dir)
+    pretrain_seconds = time.perf_counter() - start
+    for name in mask_names(config):
+        train_mask(config, name, pretrained, results_dir)
+    evaluate(config, pretrained, results_dir)
+    return time.perf_counter() - start, pretrain_seconds
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/sweep-bench"))
+    args = parser.parse_args()
+    shutil.rmtree(args.work, ignore_errors=True)
+    cpus = torch.get_num_threads()
+
+    spec = get_sweep("sharing-vs-capacity")
+    configs = [dataclasses.replace(override(get_experiment("addmul-fnn", smoke=True), {"model.size": size}), seed=seed)
+               for size in spec.smoke_grid["model.size"] for seed in range(args.seeds)]
+    bare = [bare_trial_seconds(c, args.work / "bare") for c in configs]
+    bare_total = sum(b[0] for b in bare)
+
+    summary = run_sweep("sharing-vs-capacity", args.work / "sweep", seeds=args.seeds, smoke=True,
+                        cpus_per_trial=cpus, num_cpus=cpus)
+    overhead = (summary.wall_seconds - bare_total) / len(configs)
+    print(f"\nmachine: {cpus} CPU threads, torch {torch.__version__}")
+    print("| trials | bare trials, sum [s] | mean bare trial [s] | sweep wall [s] | overhead per trial [s] | overhead |")
+    print("|---|---|---|---|---|---|")
+    print(f"| {len(configs)} | {bare_total:.1f} | {bare_total / len(configs):.1f} | {summary.wall_seconds:.1f} "
+          f"| {overhead:.1f} | {100 * overhead / (bare_total / len(configs)):.1f}% |")
+
+    alpha = run_sweep("alpha-sensitivity", args.work / "alpha", seeds=args.seeds, smoke=True, cpus_per_trial=cpus,
+                      num_cpus=cpus)
+    trials = alpha.done
+    pretrained = len(list((args.work / "alpha" / "pretrained").iterdir()))
+    small_pretrain = [b[1] for b, c in zip(bare, configs) if c.model.size == "small"]
+    pretrain_seconds = sum(small_pretrain) / len(small_pretrain)
+    without_reuse = alpha.wall_seconds + (trials - pretrained) * pretrain_seconds
+    print("\n| alpha-sensitivity --smoke | trials | pretrained nets | wall [s] | wall without reuse, estimated [s] |")
+    print("|---|---|---|---|---|")
+    print(f"| seeds={args.seeds} | {trials} | {pretrained} | {alpha.wall_seconds:.1f} | {without_reuse:.1f} "
+          f"(+{trials - pretrained} x {pretrain_seconds:.1f} s pretraining) |")
+
+
+if __name__ == "__main__":
+    main()
