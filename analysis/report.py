@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from analysis.data import load_tables
-from analysis.figures import ALL_FIGURES, Figure, Skip
+from analysis.figures import ALL_FIGURES, Skip
 
 
 def analyze(results_dirs: list[Path], out: Path, sweep: str | None = None) -> tuple[Path, list]:

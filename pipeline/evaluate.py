@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from models.masking import Masks, applied, keep_probability_histogram, sharing, union
+from models.masking import Masks, applied, keep_probability_histogram, union
 from pipeline.config import ExperimentConfig
 from pipeline.experiments import PRESENTATIONS
 from pipeline.stages import CONTROL_MASK, load_pretrained, mask_names, trial_dir
@@ -113,5 +113,3 @@ def summary_metrics(tables: dict[str, list[dict]], subtasks: tuple[str, ...]) ->
             out[f"shared_fraction/{r['mask']}"] = r["shared"] / r["kept"] if r["kept"] else float("nan")
     return out
 
-
-__all__ = ["evaluate", "summary_metrics", "sharing"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -53,7 +54,7 @@ def run_trial(config: ExperimentConfig, results_dir: Path, parent_run_id: str | 
     done_marker = trial_dir(config, results_dir) / "recorded.json"
     if done_marker.exists():
         log.info("trial %s already finished; nothing to do", trial)
-        recorded = __import__("json").loads(done_marker.read_text())
+        recorded = json.loads(done_marker.read_text())
         return TrialResult(trial, trial_dir(config, results_dir), results_dir / "parquet", uri, recorded["run_id"],
                            recorded["metrics"])
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from models.masking import MaskConfig, MaskedModel, Masks, ParameterFilter, make_optimizer, training_step
+from models.masking import MaskConfig, MaskedModel, ParameterFilter, make_optimizer, training_step
 from models.masking.masks import atomic_torch_save
 from pipeline.config import ExperimentConfig, fingerprint, flatten
 from pipeline.experiments import PRESENTATIONS, build_model
@@ -159,7 +158,3 @@ def write_trial_config(config: ExperimentConfig, results_dir: Path) -> Path:
     write_json_atomic(flatten(config) | {"task_version": get_task(config.task).version, "trial_id": trial_id(config)},
                       path)
     return path
-
-
-def resolved(config: ExperimentConfig) -> dict:
-    return dataclasses.asdict(config)

@@ -8,7 +8,6 @@ never duplicate a trial.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import socket
@@ -224,4 +223,4 @@ def summary_lines(summary: SweepSummary) -> list[str]:
     ]
 
 
-__all__ = ["SWEEPS", "get_sweep", "run_sweep", "summary_lines", "json"]
+__all__ = ["SWEEPS", "get_sweep", "run_sweep", "summary_lines"]

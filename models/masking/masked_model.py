@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 
 import torch
@@ -12,7 +11,13 @@ from torch.utils._pytree import tree_map
 
 from models.masking.config import MaskConfig, ParameterFilter
 from models.masking.masks import Masks
-from models.masking.sampling import masked_weight_samples, masked_weight_samples_reference, sample_uniforms
+from models.masking.sampling import (
+    draw_keys,
+    keyed_masked_weight_samples,
+    masked_weight_samples,
+    masked_weight_samples_reference,
+    sample_uniforms,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +33,9 @@ class MaskedModel(nn.Module):
     train_weights=False: the model's weights get requires_grad=False and never change.
     train_weights=True: the weights train with the masks, except entries where `frozen_weights`
     (name -> bool tensor) is True, which keep their value bit for bit.
-    fused=True runs the element-wise mask work as torch.compile'd kernels (faster per step,
-    seconds of compilation at the first step; see benchmarks/README.md).
+    fused=True runs the element-wise mask work as torch.compile'd kernels that draw their noise
+    in-kernel from a counter-based generator (faster per step, no K-stack of uniforms kept for
+    backward; seconds of compilation at the first step; see benchmarks/README.md).
     """
 
     def __init__(
@@ -46,9 +52,8 @@ class MaskedModel(nn.Module):
         self.config = config
         self.names = parameter_filter.select(model)
         params = dict(model.named_parameters())
-        self.logits = nn.ParameterList(
-            nn.Parameter(torch.full_like(params[n], config.initial_logit, dtype=torch.float32)) for n in self.names
-        )
+        self.logits = nn.ParameterList(nn.Parameter(_new_logits(params[n], config.initial_logit)) for n in self.names)
+        self._weight_cache: dict[str, tuple] = {}
         self.train_weights = train_weights
         model.requires_grad_(train_weights)
         self._frozen = self._register_frozen(params, frozen_weights or {})
@@ -72,10 +77,23 @@ class MaskedModel(nn.Module):
     def effective_weights(self) -> dict[str, Tensor]:
         """The model's parameters, with frozen entries held at their saved values."""
         params = dict(self.model.named_parameters())
+        if not self.train_weights:
+            return {name: self._matrix_layout(name, p) for name, p in params.items()}
         for i, name in enumerate(self._frozen):
             where, value = getattr(self, f"_frozen_where_{i}"), getattr(self, f"_frozen_value_{i}")
             params[name] = torch.where(where, value, params[name])
         return params
+
+    def _matrix_layout(self, name: str, weight: Tensor) -> Tensor:
+        """A frozen matrix as a transposed view of a contiguous copy, made once (see _new_logits)."""
+        if name not in self.names or weight.dim() != 2:
+            return weight
+        stamp = (weight.data_ptr(), weight._version, weight.device)
+        cached = self._weight_cache.get(name)
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, weight.detach().t().contiguous().t())
+            self._weight_cache[name] = cached
+        return cached[1]
 
     def deterministic_masks(self) -> Masks:
         """M_i = 1[σ(l_i) > 0.5] for every masked parameter."""
@@ -93,13 +111,43 @@ class MaskedModel(nn.Module):
 
     # -- forward -------------------------------------------------------------------------------
     def forward(self, *inputs, **options):
+        if self.fused:
+            return self.forward_with_keys(draw_keys(len(self.names), self.logits[0].device), *inputs, **options)
         return self.forward_with_uniforms(self.sample_uniforms(), *inputs, **options)
 
+    def forward_with_keys(self, keys: list[Tensor], *inputs, **options):
+        """Fused path: the noise of parameter i is keyed_uniforms(keys[i], ...), drawn in-kernel."""
+        K, temperature = self.config.num_samples, self.config.temperature
+        stacked, shared = self._masked_weight_stacks(
+            lambda weight, logit, i: keyed_masked_weight_samples(weight, logit, keys[i], K, temperature))
+        return self._batched_or_looped(stacked, shared, inputs, options)
+
     def forward_with_uniforms(self, uniforms: list[Tensor], *inputs, **options):
-        """The forward pass for given noise; outputs [B, ...] as the model's own."""
-        mask_function = functools.partial(masked_weight_samples, fused=self.fused)
-        stacked, shared = self._masked_weight_stacks(uniforms, mask_function)
-        sliced = [_split_batch(x, self.config.num_samples) if torch.is_tensor(x) else x for x in inputs]
+        """The forward pass for given noise (one [K, *S] uniform tensor per masked parameter)."""
+        self._check_noise(uniforms)
+        stacked, shared = self._masked_weight_stacks(
+            lambda weight, logit, i: masked_weight_samples(weight, logit, uniforms[i], self.config.temperature,
+                                                           self.fused))
+        return self._batched_or_looped(stacked, shared, inputs, options)
+
+    def forward_reference(self, uniforms: list[Tensor], *inputs, **options):
+        """Per-sample loop with the paper's eq. 1-2 written out: the reference for tests."""
+        self._check_noise(uniforms)
+        stacked, shared = self._masked_weight_stacks(
+            lambda weight, logit, i: masked_weight_samples_reference(weight, logit, uniforms[i],
+                                                                     self.config.temperature))
+        return self._looped(stacked, shared, self._slice(inputs), options)
+
+    def _check_noise(self, uniforms: list[Tensor]) -> None:
+        if len(uniforms) != len(self.names):
+            raise ValueError(f"expected {len(self.names)} uniform tensors, got {len(uniforms)}")
+
+    def _slice(self, inputs: tuple) -> list:
+        return [_split_batch(x, self.config.num_samples) if torch.is_tensor(x) else x for x in inputs]
+
+    def _batched_or_looped(self, stacked: dict, shared: dict, inputs: tuple, options: dict):
+        """Outputs [B, ...] as the model's own."""
+        sliced = self._slice(inputs)
         if self.batched:
             try:
                 return self._vmapped(stacked, shared, sliced, options)
@@ -108,20 +156,11 @@ class MaskedModel(nn.Module):
                 self.batched = False
         return self._looped(stacked, shared, sliced, options)
 
-    def forward_reference(self, uniforms: list[Tensor], *inputs, **options):
-        """Per-sample loop with the paper's eq. 1-2 written out: the reference for tests."""
-        stacked, shared = self._masked_weight_stacks(uniforms, masked_weight_samples_reference)
-        sliced = [_split_batch(x, self.config.num_samples) if torch.is_tensor(x) else x for x in inputs]
-        return self._looped(stacked, shared, sliced, options)
-
-    def _masked_weight_stacks(self, uniforms, mask_function) -> tuple[dict, dict]:
-        if len(uniforms) != len(self.names):
-            raise ValueError(f"expected {len(self.names)} uniform tensors, got {len(uniforms)}")
+    def _masked_weight_stacks(self, mask_function) -> tuple[dict, dict]:
+        """mask_function(weight, logits, index) -> [K, *S] for each masked parameter."""
         weights = self.effective_weights()
-        stacked = {
-            name: mask_function(weights[name], logit, u, self.config.temperature)
-            for name, logit, u in zip(self.names, self.logits, uniforms)
-        }
+        stacked = {name: mask_function(weights[name], logit, i)
+                   for i, (name, logit) in enumerate(zip(self.names, self.logits))}
         shared = {n: w for n, w in weights.items() if n not in stacked}
         return stacked, shared
 
@@ -140,6 +179,14 @@ class MaskedModel(nn.Module):
             inputs_k = [x[k] if torch.is_tensor(x) else x for x in sliced]
             outputs.append(functional_call(self.model, params, tuple(inputs_k), options, strict=False))
         return tree_map(lambda *parts: torch.cat(parts, 0), *outputs) if len(outputs) > 1 else outputs[0]
+
+
+def _new_logits(weight: Tensor, value: float) -> Tensor:
+    """Logits shaped like `weight`; matrices stored transposed, the layout the fused kernels use
+    (a Linear layer consumes W^T, so its gradients arrive transposed)."""
+    if weight.dim() == 2:
+        return torch.full((weight.shape[1], weight.shape[0]), value, device=weight.device).t()
+    return torch.full_like(weight, value, dtype=torch.float32)
 
 
 def _split_batch(x: Tensor, num_samples: int) -> Tensor:

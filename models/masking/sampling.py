@@ -142,3 +142,114 @@ def _cpu_uniforms(count: int, generator: torch.Generator | None) -> Tensor:
 @functools.cache
 def _noise_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()), thread_name_prefix="mask-noise")
+
+
+# -- counter-based noise for the fused path ---------------------------------------------------------
+# The uniform of element i is a pure function of (key, i): two rounds of Wellons' "lowbias32" integer
+# hash, each after XOR with one half of the key. A compiled kernel then draws the noise where it uses
+# it (32-bit integer ops vectorise on CPUs), and backward draws it again instead of storing a K-stack
+# of uniforms.
+_MIX1 = 0x7FEB352D
+_MIX2 = 0x846CA68B - 2**32  # as signed int32 (torch's int32 arithmetic wraps)
+
+
+def _shift_right(x: Tensor, bits: int) -> Tensor:
+    """Logical right shift of int32 (torch's >> is arithmetic)."""
+    return (x >> bits) & ((1 << (32 - bits)) - 1)
+
+
+def _hash32(x: Tensor) -> Tensor:
+    x = x ^ _shift_right(x, 16)
+    x = x * _MIX1
+    x = x ^ _shift_right(x, 15)
+    x = x * _MIX2
+    return x ^ _shift_right(x, 16)
+
+
+def counter_uniform(key: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """Uniforms in [0, 1) with 24 random bits; element i (row-major) from (key, i): [*shape].
+
+    key: int32 tensor [2] (a tensor, so that compiled kernels do not specialise on its value).
+    """
+    count = 1
+    for size in shape:
+        count *= size
+    index = torch.arange(count, dtype=torch.int32, device=key.device).view(shape)
+    x = _hash32(_hash32(index ^ key[0]) ^ key[1])
+    return _shift_right(x, 8).to(torch.float32) * (1.0 / (1 << 24))
+
+
+def _keyed_forward(weight: Tensor, logits: Tensor, key: Tensor, num_samples: int) -> Tensor:
+    return _mask_forward(weight, logits, counter_uniform(key, (num_samples, *weight.shape)))
+
+
+def _keyed_logit_gradient(weight, logits, key, grad_output, temperature):
+    return _logit_gradient(weight, logits, counter_uniform(key, grad_output.shape), grad_output, temperature)
+
+
+def _keyed_weight_gradient(logits, key, grad_output):
+    return _weight_gradient(logits, counter_uniform(key, grad_output.shape), grad_output)
+
+
+@functools.cache
+def _keyed_kernels():
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
+    return tuple(torch.compile(f, dynamic=True) for f in (_keyed_forward, _keyed_logit_gradient,
+                                                          _keyed_weight_gradient))
+
+
+class _KeyedMaskedWeight(torch.autograd.Function):
+    """As _StraightThroughMaskedWeight, with the noise drawn inside compiled kernels from a key.
+
+    Matrices are worked on in transposed layout: a Linear layer consumes W^T, so the gradient of a
+    masked matrix arrives as a transposed view, which the kernels then read contiguously.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, logits: Tensor, key: Tensor, num_samples: int, temperature: float) -> Tensor:
+        ctx.transposed = weight.dim() == 2
+        weight, logits = _layout(weight.detach(), ctx.transposed), _layout(logits.detach(), ctx.transposed)
+        ctx.save_for_backward(weight, logits, key)
+        ctx.temperature = temperature
+        return _unlayout(_keyed_kernels()[0](weight, logits, key, num_samples), ctx.transposed)
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        weight, logits, key = ctx.saved_tensors
+        _, logit_gradient, weight_gradient = _keyed_kernels()
+        grad_output = _layout(grad_output, ctx.transposed)
+        grad_logits = grad_weight = None
+        if ctx.needs_input_grad[1]:
+            grad_logits = logit_gradient(weight, logits, key, grad_output, ctx.temperature)
+            grad_logits = _unlayout(grad_logits, ctx.transposed)
+        if ctx.needs_input_grad[0]:
+            grad_weight = _unlayout(weight_gradient(logits, key, grad_output), ctx.transposed)
+        return grad_weight, grad_logits, None, None, None
+
+
+def _layout(x: Tensor, transposed: bool) -> Tensor:
+    """Contiguous, with the last two dimensions swapped when `transposed`."""
+    return (x.transpose(-1, -2) if transposed else x).contiguous()
+
+
+def _unlayout(x: Tensor, transposed: bool) -> Tensor:
+    return x.transpose(-1, -2) if transposed else x
+
+
+def keyed_masked_weight_samples(weight: Tensor, logits: Tensor, key: Tensor, num_samples: int,
+                                temperature: float = 1.0) -> Tensor:
+    """K hard-masked copies of a weight with in-kernel noise from `key`: [K, *S]."""
+    return _KeyedMaskedWeight.apply(weight, logits, key, num_samples, temperature)
+
+
+def keyed_uniforms(key: Tensor, weight_shape: torch.Size, num_samples: int) -> Tensor:
+    """The uniforms keyed_masked_weight_samples draws for `key`, materialised (for tests): [K, *S]."""
+    if len(weight_shape) == 2:
+        return counter_uniform(key, (num_samples, weight_shape[1], weight_shape[0])).transpose(-1, -2)
+    return counter_uniform(key, (num_samples, *weight_shape))
+
+
+def draw_keys(count: int, device, generator: torch.Generator | None = None) -> list[Tensor]:
+    """Fresh int32 [2] keys from torch's generator (so torch.manual_seed repeats a run)."""
+    keys = torch.randint(-(2**31), 2**31 - 1, (count, 2), dtype=torch.int32, generator=generator)
+    return [k.to(device) for k in keys]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from typing import Callable
 
 import torch
@@ -62,8 +64,6 @@ def reinitialize_free_weights(model: nn.Module, used: Masks, generator: torch.Ge
 
 
 def _freshly_initialised(module: nn.Module, param_name: str, generator) -> Tensor:
-    import copy
-
     clone = copy.deepcopy(module)
     if generator is not None:
         state = torch.random.get_rng_state()
