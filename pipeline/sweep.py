@@ -179,6 +179,8 @@ def run_sweep(
         else:
             tuner = tune.Tuner(
                 trainable, param_space=space,
+                # one worker process serves trial after trial: no torch import or kernel compilation per trial
+                tune_config=tune.TuneConfig(reuse_actors=True),
                 run_config=tune.RunConfig(name=name, storage_path=str(storage),
                                           failure_config=tune.FailureConfig(max_failures=max_failures),
                                           verbose=1),

@@ -126,8 +126,7 @@ class MaskedModel(nn.Module):
         """The forward pass for given noise (one [K, *S] uniform tensor per masked parameter)."""
         self._check_noise(uniforms)
         stacked, shared = self._masked_weight_stacks(
-            lambda weight, logit, i: masked_weight_samples(weight, logit, uniforms[i], self.config.temperature,
-                                                           self.fused))
+            lambda weight, logit, i: masked_weight_samples(weight, logit, uniforms[i], self.config.temperature))
         return self._batched_or_looped(stacked, shared, inputs, options)
 
     def forward_reference(self, uniforms: list[Tensor], *inputs, **options):

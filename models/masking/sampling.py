@@ -5,8 +5,9 @@ Gumbel(0, 1) variables is Logistic(0, 1), and logit(U) with one uniform U is Log
 s = σ((l + logit(U)) / τ) is the same distribution from one uniform per weight and sample. The hard
 sample 1[s > 0.5] is then 1[U > σ(-l)], which needs σ(-l) once per step, not once per sample.
 
-The element-wise work over K copies of the weights is the cost of mask training; with
-`fused=True` it runs as torch.compile'd kernels (one pass forward, one pass backward).
+The element-wise work over K copies of the weights is the cost of mask training. The fused path
+(keyed_masked_weight_samples) runs it as torch.compile'd kernels that draw the noise in-kernel:
+one pass over the K-stack forward, one backward, no stored uniforms.
 """
 
 from __future__ import annotations
@@ -49,52 +50,38 @@ def _weight_gradient(logits: Tensor, uniform: Tensor, grad_output: Tensor) -> Te
     return torch.where(uniform > torch.sigmoid(-logits), grad_output, 0.0).sum(0)
 
 
-@functools.cache
-def _kernels(fused: bool):
-    functions = (_mask_forward, _logit_gradient, _weight_gradient)
-    if not fused:
-        return functions
-    # One compiled kernel per tensor rank and memory layout: a model has only a handful.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
-    return tuple(torch.compile(f, dynamic=True) for f in functions)
-
-
 class _StraightThroughMaskedWeight(torch.autograd.Function):
-    """w * b with b = [1[s > 0.5] - s]_stop + s, for K samples at once (eq. 2).
+    """w * b with b = [1[s > 0.5] - s]_stop + s, for K samples at once (eq. 2), given uniforms.
 
     Forward materialises one K-stack (the masked weights) and keeps the uniforms for backward,
     where the soft sample is recomputed instead of being stored.
     """
 
     @staticmethod
-    def forward(ctx, weight: Tensor, logits: Tensor, uniform: Tensor, temperature: float, fused: bool) -> Tensor:
+    def forward(ctx, weight: Tensor, logits: Tensor, uniform: Tensor, temperature: float) -> Tensor:
         ctx.save_for_backward(weight.detach(), logits.detach(), uniform)
-        ctx.temperature, ctx.fused = temperature, fused
-        return _kernels(fused)[0](weight.detach(), logits.detach(), uniform)
+        ctx.temperature = temperature
+        return _mask_forward(weight.detach(), logits.detach(), uniform)
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
         # grad_output is often a transposed view (a Linear's weight gradient); the kernels read it
         # in place rather than copying a K-stack to make it contiguous.
         weight, logits, uniform = ctx.saved_tensors
-        _, logit_gradient, weight_gradient = _kernels(ctx.fused)
         grad_logits = grad_weight = None
         if ctx.needs_input_grad[1]:
-            grad_logits = logit_gradient(weight, logits, uniform, grad_output, ctx.temperature)
+            grad_logits = _logit_gradient(weight, logits, uniform, grad_output, ctx.temperature)
         if ctx.needs_input_grad[0]:
-            grad_weight = weight_gradient(logits, uniform, grad_output)
-        return grad_weight, grad_logits, None, None, None
+            grad_weight = _weight_gradient(logits, uniform, grad_output)
+        return grad_weight, grad_logits, None, None
 
 
-def masked_weight_samples(
-    weight: Tensor, logits: Tensor, uniform: Tensor, temperature: float = 1.0, fused: bool = False
-) -> Tensor:
+def masked_weight_samples(weight: Tensor, logits: Tensor, uniform: Tensor, temperature: float = 1.0) -> Tensor:
     """K hard-masked copies of a weight, differentiable in the logits by straight-through.
 
     weight, logits: [*S]; uniform: [K, *S] -> [K, *S] with entries w_i or 0.
-    fused=True runs the element-wise work as torch.compile'd kernels.
     """
-    return _StraightThroughMaskedWeight.apply(weight, logits, uniform, temperature, fused)
+    return _StraightThroughMaskedWeight.apply(weight, logits, uniform, temperature)
 
 
 def masked_weight_samples_reference(

@@ -150,23 +150,8 @@ def test_bad_settings_raise_clear_errors(make, message):
         make()
 
 
-def test_fused_kernels_equal_the_eager_path():
-    """torch.compile'd element-wise kernels: same outputs and logit gradients as eager."""
-    build_model, build_inputs = ARCHITECTURES["fnn"]
-    model = build_model()
-    inputs = build_inputs(8)
-    results = []
-    for fused in (False, True):
-        masked = MaskedModel(model, MaskConfig(initial_keep_probability=0.7), fused=fused)
-        uniforms = [torch.rand(4, *l.shape, generator=torch.Generator().manual_seed(i)) for i, l in enumerate(masked.logits)]
-        out = masked.forward_with_uniforms(uniforms, *inputs)
-        results.append((out, torch.autograd.grad(out.square().sum(), list(masked.logits))))
-    torch.testing.assert_close(results[0][0], results[1][0])
-    for a, b in zip(results[0][1], results[1][1]):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-
-
-@pytest.mark.parametrize("name", ["fnn", "cnn"])
+@pytest.mark.slow  # compiles kernels: seconds
+@pytest.mark.parametrize("name", ["fnn", "cnn", "lstm"])
 def test_fused_in_kernel_noise_equals_the_reference_with_the_same_uniforms(name):
     """The fused path draws its noise from a key inside compiled kernels; materialising the same
     uniforms and running the per-sample reference gives the same outputs and gradients."""
@@ -186,6 +171,7 @@ def test_fused_in_kernel_noise_equals_the_reference_with_the_same_uniforms(name)
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_in_kernel_noise_is_uniform_and_keeps_with_probability_sigmoid_logit():
     import math
 
