@@ -69,8 +69,9 @@ def run_command(experiment: str, seed: int, assignments: tuple[str, ...], smoke:
 
 @main.command("sweep")
 @click.argument("name")
-@click.option("--seeds", type=click.IntRange(min=1), default=None, help="Seeds per grid point (default: the preset's).")
-@click.option("--smoke", is_flag=True, help="Smaller grid, fewer steps: a look in about ten minutes on 2 cores.")
+@click.option("--seeds", type=click.IntRange(min=1), default=None,
+              help="Seeds per grid point (default: the preset's; 2 with --smoke).")
+@click.option("--smoke", is_flag=True, help="Smaller grid, fewer steps, 2 seeds: a look in minutes on 2 cores.")
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
 @click.option("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray).")

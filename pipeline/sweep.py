@@ -37,6 +37,8 @@ class SweepSpec:
     description: str = ""
 
 
+SMOKE_SEEDS = 2  # --smoke runs 2 seeds unless --seeds says otherwise
+
 SWEEPS: dict[str, SweepSpec] = {
     "sharing-vs-capacity": SweepSpec(
         ("addmul-fnn",), {"model.size": ["small", "medium", "big", "huge"]},
@@ -150,7 +152,7 @@ def run_sweep(
 
     spec = get_sweep(name)
     results_dir = Path(results_dir).resolve()
-    space = param_space(spec, seeds or spec.seeds, smoke, overrides or {})
+    space = param_space(spec, seeds or (SMOKE_SEEDS if smoke else spec.seeds), smoke, overrides or {})
     check_results_dir(results_dir)
     uri = records.tracking_uri(results_dir)
     records.check_tracking(uri)
