@@ -140,8 +140,9 @@ def train_mask(config: ExperimentConfig, subtask: str, pretrained: Path, results
     state = {"logits": masked.logits, "optimizer": optimizer, "generator": generator}
     run_resumable(step, state, config.mask.steps, folder / f"{subtask}.checkpoint.pt", config.checkpoint_every,
                   f"mask {subtask}")
-    atomic_torch_save({n: l.detach().cpu() for n, l in masked.logits_by_name().items()}, final)
     masked.deterministic_masks().save(folder / f"{subtask}.masks.pt")
+    # the logits file marks the stage finished, so it is written last
+    atomic_torch_save({n: l.detach().cpu() for n, l in masked.logits_by_name().items()}, final)
     (folder / f"{subtask}.checkpoint.pt").unlink(missing_ok=True)
     return final
 
