@@ -71,16 +71,25 @@ def _experiments(table: pa.Table, wanted: list[str]) -> list[str]:
     return [e for e in wanted if e in present]
 
 
-# -- sharing per layer: Figs. 1 and 13 -----------------------------------------------------------------
-def _sharing_per_layer(tables, out, name, experiments_wanted, title) -> Figure | Skip:
-    if "layers" not in tables:
-        return Skip(name, "no layers table")
-    experiments = _experiments(tables["layers"], experiments_wanted)
+def _experiment_panels(tables, table: str, name: str, wanted: list[str]):
+    """One panel per wanted experiment present in `table`: (fig, [(ax, experiment)]) or a Skip."""
+    if table not in tables:
+        return Skip(name, f"no {table} table")
+    experiments = _experiments(tables[table], wanted)
     if not experiments:
-        return Skip(name, f"needs trials of {', '.join(experiments_wanted)}")
+        return Skip(name, f"needs trials of {', '.join(wanted)}")
     fig, axes = plt.subplots(1, len(experiments), figsize=(5 * len(experiments), 3.5), squeeze=False)
+    return fig, list(zip(axes[0], experiments))
+
+
+# -- sharing per layer: Figs. 1 and 13 -----------------------------------------------------------------
+def _sharing_per_layer(tables, out, name, experiments_wanted, title, paper: dict) -> Figure | Skip:
+    panels = _experiment_panels(tables, "layers", name, experiments_wanted)
+    if isinstance(panels, Skip):
+        return panels
+    fig, panels = panels
     numbers = {}
-    for ax, experiment in zip(axes[0], experiments):
+    for ax, experiment in panels:
         table = where(tables["layers"], experiment=experiment)
         table = with_ratio(table.filter(table["shared"].is_valid()), "shared", "kept", "shared_fraction")
         rows = mean_std(table, ["mask", "layer"], "shared_fraction")
@@ -94,7 +103,7 @@ def _sharing_per_layer(tables, out, name, experiments_wanted, title) -> Figure |
             numbers[f"{experiment} {m}: shared % per layer"] = ", ".join(
                 f"{l} {100 * _lookup(rows, mask=m, layer=l)[0]:.0f}" for l in layers)
     fig.suptitle(title)
-    return Figure(name, title, _save(fig, out, name), numbers)
+    return Figure(name, title, _save(fig, out, name), numbers, paper)
 
 
 def _layer_order(layer: str):
@@ -103,31 +112,25 @@ def _layer_order(layer: str):
 
 
 def figure_1(tables, out):
-    figure = _sharing_per_layer(tables, out, "fig01_sharing_per_layer_addmul", ADDMUL,
-                                "Fig. 1: weights shared between add and mul, per layer")
-    if isinstance(figure, Figure):
-        figure.paper["pattern"] = "more sharing in the input and output layers than in the hidden layers"
-    return figure
+    return _sharing_per_layer(tables, out, "fig01_sharing_per_layer_addmul", ADDMUL,
+                              "Fig. 1: weights shared between add and mul, per layer",
+                              {"pattern": "more sharing in the input and output layers than in the hidden layers"})
 
 
 def figure_13(tables, out):
-    figure = _sharing_per_layer(tables, out, "fig13_sharing_per_layer_double_add", DOUBLE_ADD,
-                                "Fig. 13: weights shared between pair 1 and pair 2, per layer")
-    if isinstance(figure, Figure):
-        figure.paper["pattern"] = "sharing is low; first and last FNN layers share no weights"
-    return figure
+    return _sharing_per_layer(tables, out, "fig13_sharing_per_layer_double_add", DOUBLE_ADD,
+                              "Fig. 13: weights shared between pair 1 and pair 2, per layer",
+                              {"pattern": "sharing is low; first and last FNN layers share no weights"})
 
 
 # -- accuracy with (inverted) masks: Figs. 2, 10, 14 -----------------------------------------------
-def _mask_accuracy(tables, out, name, experiments_wanted, masks, subtasks, title) -> Figure | Skip:
-    if "metrics" not in tables:
-        return Skip(name, "no metrics table")
-    experiments = _experiments(tables["metrics"], experiments_wanted)
-    if not experiments:
-        return Skip(name, f"needs trials of {', '.join(experiments_wanted)}")
-    fig, axes = plt.subplots(1, len(experiments), figsize=(5 * len(experiments), 3.5), squeeze=False)
+def _mask_accuracy(tables, out, name, experiments_wanted, masks, subtasks, title, paper: dict) -> Figure | Skip:
+    panels = _experiment_panels(tables, "metrics", name, experiments_wanted)
+    if isinstance(panels, Skip):
+        return panels
+    fig, panels = panels
     numbers = {}
-    for ax, experiment in zip(axes[0], experiments):
+    for ax, experiment in panels:
         rows = mean_std(where(tables["metrics"], experiment=experiment), ["mask", "subtask"], "accuracy")
         labels = [m.replace("not-", "¬") for m in masks]
         _bars(ax, labels, {s: [tuple(100 * x for x in _lookup(rows, mask=m, subtask=s)) for m in masks]
@@ -137,42 +140,40 @@ def _mask_accuracy(tables, out, name, experiments_wanted, masks, subtasks, title
             numbers[f"{experiment} mask {m}"] = ", ".join(
                 f"{s} {100 * _lookup(rows, mask=m, subtask=s)[0]:.1f}%" for s in subtasks)
     fig.suptitle(title)
-    return Figure(name, title, _save(fig, out, name), numbers)
+    return Figure(name, title, _save(fig, out, name), numbers, paper)
+
+
+PAIR_MASKS, PAIRS = ["none", "pair1", "pair2", "not-pair1", "not-pair2"], ["pair1", "pair2"]
 
 
 def figure_2(tables, out):
-    figure = _mask_accuracy(tables, out, "fig02_double_add_accuracy", ["double-add-fnn", "double-add-lstm"],
-                            ["none", "pair1", "pair2", "not-pair1", "not-pair2"], ["pair1", "pair2"],
-                            "Fig. 2: double addition, accuracy per pair with each mask")
-    if isinstance(figure, Figure):
-        figure.paper["¬pair1 on pair2"] = "only a slight drop: the modules are independent"
-    return figure
+    return _mask_accuracy(tables, out, "fig02_double_add_accuracy", ["double-add-fnn", "double-add-lstm"],
+                          PAIR_MASKS, PAIRS, "Fig. 2: double addition, accuracy per pair with each mask",
+                          {"¬pair1 on pair2": "only a slight drop: the modules are independent"})
 
 
 def figure_14(tables, out):
     return _mask_accuracy(tables, out, "fig14_double_add_sequential_accuracy", ["double-add-lstm-sequential"],
-                          ["none", "pair1", "pair2", "not-pair1", "not-pair2"], ["pair1", "pair2"],
-                          "Fig. 14: LSTM with one pair at a time")
+                          PAIR_MASKS, PAIRS, "Fig. 14: LSTM with one pair at a time",
+                          {"pattern": "no better separation than when the LSTM schedules freely (Fig. 2)"})
 
 
 def figure_10(tables, out):
-    figure = _mask_accuracy(tables, out, "fig10_addmul_inverted_masks", ADDMUL,
-                            ["none", "add", "mul", "not-add", "not-mul"], ["add", "mul"],
-                            "Fig. 10: add/mul accuracy with masks and inverted masks")
-    if isinstance(figure, Figure):
-        figure.paper["inverted masks"] = "perform poorly on both operations (limited separation)"
-    return figure
+    return _mask_accuracy(tables, out, "fig10_addmul_inverted_masks", ADDMUL,
+                          ["none", "add", "mul", "not-add", "not-mul"], ["add", "mul"],
+                          "Fig. 10: add/mul accuracy with masks and inverted masks",
+                          {"inverted masks": "perform poorly on both operations (limited separation)"})
 
 
 # -- Fig. 11: weights per operation --------------------------------------------------------------------
 def figure_11(tables, out):
     name = "fig11_weights_per_operation"
-    if "layers" not in tables or not _experiments(tables["layers"], ADDMUL):
-        return Skip(name, "needs add/mul trials")
-    experiments = _experiments(tables["layers"], ADDMUL)
-    fig, axes = plt.subplots(1, len(experiments), figsize=(5 * len(experiments), 3.5), squeeze=False)
+    panels = _experiment_panels(tables, "layers", name, ADDMUL)
+    if isinstance(panels, Skip):
+        return panels
+    fig, panels = panels
     numbers = {}
-    for ax, experiment in zip(axes[0], experiments):
+    for ax, experiment in panels:
         table = where(tables["layers"], experiment=experiment, mask=["add", "mul"])
         rows = mean_std(table, ["mask", "layer"], "kept")
         layers = sorted({r["layer"] for r in rows if r["layer"] != "all"}, key=_layer_order)

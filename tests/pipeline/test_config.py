@@ -57,29 +57,27 @@ def test_every_experiment_preset_builds_and_presents(name, smoke):
     assert out.shape == (4, task.output_size)
 
 
-def test_sequential_presentation_reads_pair1_before_pair2_is_shown():
-    """Pair-1 outputs come from step 3, before pair 2 is presented: changing pair 2 leaves them."""
+def _outputs_with_pair2_changed(experiment: str, presentation: str):
+    """(model, inputs, outputs, outputs after pair 2 of every example is replaced)."""
     task = get_task("double_add")
     torch.manual_seed(0)
-    model = build_model(get_experiment("double-add-lstm", smoke=True).model, task.input_size, task.output_size)
-    batch = task.sample(4, "full", torch.Generator().manual_seed(0))
-    changed = batch.inputs.clone()
+    model = build_model(get_experiment(experiment, smoke=True).model, task.input_size, task.output_size)
+    inputs = task.sample(4, "full", torch.Generator().manual_seed(0)).inputs
+    changed = inputs.clone()
     changed[:, 40:] = torch.roll(changed[:, 40:], 1, 0)
-    a = PRESENTATIONS["sequential_pairs"](model, batch.inputs)
-    b = PRESENTATIONS["sequential_pairs"](model, changed)
+    return model, inputs, PRESENTATIONS[presentation](model, inputs), PRESENTATIONS[presentation](model, changed)
+
+
+def test_sequential_presentation_reads_pair1_before_pair2_is_shown():
+    """Pair-1 outputs come from step 3, before pair 2 is presented: changing pair 2 leaves them."""
+    _, _, a, b = _outputs_with_pair2_changed("double-add-lstm", "sequential_pairs")
     assert torch.equal(a[:, :20], b[:, :20]) and not torch.equal(a[:, 20:], b[:, 20:])
 
 
 def test_two_passes_zero_the_other_pair():
     """FNN double addition: pair-1 outputs depend only on pair 1, pair-2 outputs only on pair 2."""
-    task = get_task("double_add")
-    model = build_model(get_experiment("double-add-fnn", smoke=True).model, task.input_size, task.output_size)
-    batch = task.sample(4, "full", torch.Generator().manual_seed(0))
-    changed = batch.inputs.clone()
-    changed[:, 40:] = torch.roll(changed[:, 40:], 1, 0)
-    a = PRESENTATIONS["two_passes"](model, batch.inputs)
-    b = PRESENTATIONS["two_passes"](model, changed)
-    assert torch.equal(a[:, :20], b[:, :20])
-    first_only = batch.inputs.clone()
+    model, inputs, a, b = _outputs_with_pair2_changed("double-add-fnn", "two_passes")
+    assert torch.equal(a[:, :20], b[:, :20]) and not torch.equal(a[:, 20:], b[:, 20:])
+    first_only = inputs.clone()
     first_only[:, 40:] = 0
     torch.testing.assert_close(a[:, :20], model(first_only)[:, :20])
