@@ -104,10 +104,11 @@ class MaskedModel(nn.Module):
         return self.config.alpha * sum(l.sum() for l in self.logits)
 
     def sample_uniforms(self, generator: torch.Generator | None = None) -> list[Tensor]:
-        """Fresh noise for K mask samples: one [K, *S] tensor per masked parameter."""
-        return sample_uniforms(
-            [l.shape for l in self.logits], self.config.num_samples, self.logits[0].device, generator
-        )
+        """Fresh noise for K mask samples: one [K, *S] tensor per masked parameter, laid out in
+        memory like the logits (matrices transposed), so element-wise work runs contiguously."""
+        storage_shapes = [l.t().shape if l.dim() == 2 else l.shape for l in self.logits]
+        uniforms = sample_uniforms(storage_shapes, self.config.num_samples, self.logits[0].device, generator)
+        return [u.transpose(-1, -2) if l.dim() == 2 else u for u, l in zip(uniforms, self.logits)]
 
     # -- forward -------------------------------------------------------------------------------
     def forward(self, *inputs, **options):
