@@ -78,9 +78,13 @@ def _quick_http():
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
 
 
-def log_trial(uri: str, experiment: str, trial: str, params: dict, metrics: dict, tags: dict, artifacts: list[Path],
+def log_trial(uri: str, experiment: str, trial: str, params: dict, metrics: dict, tags: dict,
+              artifacts: list[tuple[str, Path]],
               parent_run_id: str | None = None, artifact_root: Path | None = None) -> str:
-    """One MLflow run per trial, found again by its trial_id tag, so a re-run never duplicates it."""
+    """One MLflow run per trial, found again by its trial_id tag, so a re-run never duplicates it.
+
+    artifacts: (folder in the run's artifacts, local file or folder) pairs.
+    """
     with _store_lock(uri):
         return _log_trial(uri, experiment, trial, params, metrics, tags, artifacts, parent_run_id, artifact_root)
 
@@ -103,9 +107,11 @@ def _log_trial(uri, experiment, trial, params, metrics, tags, artifacts, parent_
         params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()] if not existing else [],
         metrics=[mlflow.entities.Metric(k, float(v), 0, 0) for k, v in metrics.items()],
     )
-    for path in artifacts:
-        client.log_artifacts(run_id, str(path), artifact_path=path.name) if path.is_dir() else client.log_artifact(
-            run_id, str(path))
+    for folder, path in artifacts:
+        if path.is_dir():
+            client.log_artifacts(run_id, str(path), artifact_path=folder or None)
+        else:
+            client.log_artifact(run_id, str(path), artifact_path=folder or None)
     client.set_terminated(run_id, "FINISHED")
     return run_id
 

@@ -8,6 +8,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from pipeline import records
 from pipeline.config import ExperimentConfig, flatten
@@ -42,8 +43,11 @@ def check_results_dir(results_dir: Path) -> None:
 
 def run_trial(config: ExperimentConfig, results_dir: Path, parent_run_id: str | None = None,
               tags: dict | None = None, mlflow_experiment: str | None = None,
-              tracking_uri: str | None = None) -> TrialResult:
-    """Run (or resume) every stage of one trial; finished stages are not redone."""
+              tracking_uri: str | None = None, on_stage: Callable[[str], None] = lambda stage: None) -> TrialResult:
+    """Run (or resume) every stage of one trial; finished stages are not redone.
+
+    on_stage(name) is called after each finished stage (a sweep reports it to Tune).
+    """
     validate(config)
     results_dir = Path(results_dir)
     check_results_dir(results_dir)
@@ -59,19 +63,22 @@ def run_trial(config: ExperimentConfig, results_dir: Path, parent_run_id: str | 
                            recorded["metrics"])
 
     pretrained = pretrain(config, results_dir)
+    on_stage("pretrain")
     for name in mask_names(config):
         train_mask(config, name, pretrained, results_dir)
+        on_stage(f"mask {name}")
     tables = evaluate(config, pretrained, results_dir)
 
     task = get_task(config.task)
     context = {"trial_id": trial, "task_version": task.version, **flatten(config)}
-    records.write_tables(tables, context, results_dir, trial)
+    written = records.write_tables(tables, context, results_dir, trial)
     metrics = summary_metrics(tables, task.subtasks)
     run_id = records.log_trial(
         uri, mlflow_experiment or f"modular/{config.experiment}", trial, flatten(config) | {"task_version": task.version}, metrics,
         {"experiment": config.experiment, "seed": config.seed, "size": config.model.size, "beta": config.mask.beta,
          **(tags or {})},
-        [trial_dir(config, results_dir) / "masks", trial_dir(config, results_dir) / "config.json"],
+        [("masks", trial_dir(config, results_dir) / "masks"), ("", trial_dir(config, results_dir) / "config.json"),
+         *[(f"tables/{path.parent.parent.name}", path) for path in written]],
         parent_run_id, artifact_root=results_dir / "mlartifacts",
     )
     write_json_atomic({"run_id": run_id, "metrics": metrics}, done_marker)

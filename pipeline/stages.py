@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from filelock import FileLock
 from tqdm.auto import tqdm
 
 from models.masking import MaskConfig, MaskedModel, ParameterFilter, make_optimizer, training_step
@@ -82,6 +83,14 @@ def pretrain(config: ExperimentConfig, results_dir: Path) -> Path:
         log.info("pretrained network found: %s", final)
         return final
     folder.mkdir(parents=True, exist_ok=True)
+    # Concurrent trials of a sweep that share this network wait for one of them to train it.
+    with FileLock(folder / ".lock"):
+        if not final.exists():
+            _pretrain(config, folder, final)
+    return final
+
+
+def _pretrain(config: ExperimentConfig, folder: Path, final: Path) -> None:
     task, device = get_task(config.task), torch.device(config.device)
     torch.manual_seed(config.seed)
     model = build_model(config.model, task.input_size, task.output_size).to(device)
@@ -101,7 +110,6 @@ def pretrain(config: ExperimentConfig, results_dir: Path) -> Path:
     write_json_atomic(flatten(config), folder / "config.json")
     atomic_torch_save(model.state_dict(), final)
     (folder / "checkpoint.pt").unlink(missing_ok=True)
-    return final
 
 
 def load_pretrained(config: ExperimentConfig, path: Path) -> torch.nn.Module:

@@ -100,10 +100,19 @@ def sweep_trial(trial_config: dict) -> None:
     attempt = _count_attempt(results_dir, config)
     if context.get("fail_first_attempt") and attempt == 1:
         raise RuntimeError("injected failure on the first attempt (fault-injection test)")
+    stages = []
+
+    def report_stage(stage: str) -> None:
+        # Stage checkpoints live in the shared results directory, keyed by trial id; a retried
+        # trial resumes from them. Tune sees the progress.
+        stages.append(stage)
+        tune.report({"done": 0, "stage": stage, "stages_done": len(stages), "attempts": attempt})
+
     result = run_trial(config, results_dir, parent_run_id=context["parent_run_id"], tags={"sweep": context["sweep"]},
                        mlflow_experiment=records.sweep_experiment(context["sweep"]),
-                       tracking_uri=context["tracking_uri"])
-    tune.report({"done": 1, "attempts": attempt, **{k.replace("/", "_"): v for k, v in result.metrics.items()}})
+                       tracking_uri=context["tracking_uri"], on_stage=report_stage)
+    tune.report({"done": 1, "stage": "evaluate", "stages_done": len(stages) + 1, "attempts": attempt,
+                 **{k.replace("/", "_"): v for k, v in result.metrics.items()}})
 
 
 def _count_attempt(results_dir: Path, config) -> int:

@@ -49,6 +49,30 @@ def test_trial_writes_parquet_and_one_mlflow_run(tmp_path, name):
     assert len(runs) == 1 and runs[0].data.tags["trial_id"] == result.trial_id
     assert runs[0].data.params["mask.beta"] == str(tiny(name).mask.beta)
     assert "accuracy/none/full" in runs[0].data.metrics
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+    assert {"masks", "config.json", "tables"} <= artifacts
+    assert "tables/layers" in {a.path for a in client.list_artifacts(runs[0].info.run_id, "tables")}
+
+
+def test_concurrent_trials_sharing_a_network_pretrain_it_once(tmp_path, monkeypatch):
+    import threading
+
+    calls = []
+    real = pipeline.stages._pretrain
+
+    def counting(*args):
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(pipeline.stages, "_pretrain", counting)
+    threads = [threading.Thread(target=pipeline.stages.pretrain, args=(tiny(**{"mask.beta": b}), tmp_path))
+               for b in ("1e-4", "2e-4", "3e-4")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(list((tmp_path / "pretrained").glob("*/model.pt"))) == 1
 
 
 @pytest.mark.slow
