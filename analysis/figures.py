@@ -72,14 +72,21 @@ def _experiments(table: pa.Table, wanted: list[str]) -> list[str]:
 
 
 def _experiment_panels(tables, table: str, name: str, wanted: list[str]):
-    """One panel per wanted experiment present in `table`: (fig, [(ax, experiment)]) or a Skip."""
+    """One panel per wanted experiment present in `table`, and per model size where an experiment
+    has several: (fig, [(ax, label, row filter)]) or a Skip."""
     if table not in tables:
         return Skip(name, f"no {table} table")
     experiments = _experiments(tables[table], wanted)
     if not experiments:
         return Skip(name, f"needs trials of {', '.join(wanted)}")
-    fig, axes = plt.subplots(1, len(experiments), figsize=(5 * len(experiments), 3.5), squeeze=False)
-    return fig, list(zip(axes[0], experiments))
+    groups = []
+    for experiment in experiments:
+        sizes = sorted(set(where(tables[table], experiment=experiment).column("model.size").to_pylist()),
+                       key=_size_order)
+        groups += [(f"{experiment} ({size})", {"experiment": experiment, "model.size": size}) for size in sizes] \
+            if len(sizes) > 1 else [(experiment, {"experiment": experiment})]
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.5), squeeze=False)
+    return fig, [(ax, label, filters) for ax, (label, filters) in zip(axes[0], groups)]
 
 
 # -- sharing per layer: Figs. 1 and 13 -----------------------------------------------------------------
@@ -89,8 +96,8 @@ def _sharing_per_layer(tables, out, name, experiments_wanted, title, paper: dict
         return panels
     fig, panels = panels
     numbers = {}
-    for ax, experiment in panels:
-        table = where(tables["layers"], experiment=experiment)
+    for ax, experiment, filters in panels:
+        table = where(tables["layers"], **filters)
         table = with_ratio(table.filter(table["shared"].is_valid()), "shared", "kept", "shared_fraction")
         rows = mean_std(table, ["mask", "layer"], "shared_fraction")
         masks = sorted({r["mask"] for r in rows})
@@ -102,7 +109,7 @@ def _sharing_per_layer(tables, out, name, experiments_wanted, title, paper: dict
         for m in masks:
             numbers[f"{experiment} {m}: shared % per layer"] = ", ".join(
                 f"{l} {100 * _lookup(rows, mask=m, layer=l)[0]:.0f}" for l in layers)
-    fig.suptitle(title)
+    fig.suptitle(title, y=1.03)
     return Figure(name, title, _save(fig, out, name), numbers, paper)
 
 
@@ -130,8 +137,8 @@ def _mask_accuracy(tables, out, name, experiments_wanted, masks, subtasks, title
         return panels
     fig, panels = panels
     numbers = {}
-    for ax, experiment in panels:
-        rows = mean_std(where(tables["metrics"], experiment=experiment), ["mask", "subtask"], "accuracy")
+    for ax, experiment, filters in panels:
+        rows = mean_std(where(tables["metrics"], **filters), ["mask", "subtask"], "accuracy")
         labels = [m.replace("not-", "¬") for m in masks]
         _bars(ax, labels, {s: [tuple(100 * x for x in _lookup(rows, mask=m, subtask=s)) for m in masks]
                            for s in subtasks}, "accuracy [%]")
@@ -139,7 +146,7 @@ def _mask_accuracy(tables, out, name, experiments_wanted, masks, subtasks, title
         for m in masks:
             numbers[f"{experiment} mask {m}"] = ", ".join(
                 f"{s} {100 * _lookup(rows, mask=m, subtask=s)[0]:.1f}%" for s in subtasks)
-    fig.suptitle(title)
+    fig.suptitle(title, y=1.03)
     return Figure(name, title, _save(fig, out, name), numbers, paper)
 
 
@@ -173,22 +180,22 @@ def figure_11(tables, out):
         return panels
     fig, panels = panels
     numbers = {}
-    for ax, experiment in panels:
-        table = where(tables["layers"], experiment=experiment, mask=["add", "mul"])
+    for ax, experiment, filters in panels:
+        table = where(tables["layers"], **filters, mask=["add", "mul"])
         rows = mean_std(table, ["mask", "layer"], "kept")
         layers = sorted({r["layer"] for r in rows if r["layer"] != "all"}, key=_layer_order)
         _bars(ax, layers, {m: [_lookup(rows, mask=m, layer=l) for l in layers] for m in ("add", "mul")}, "weights")
         ax.set_title(experiment)
-        ratio = multiplication_to_addition_ratio(tables["layers"], experiment)
+        ratio = multiplication_to_addition_ratio(where(tables["layers"], **filters))
         numbers[f"{experiment} mul/add weights"] = f"{ratio:.2f}x"
-    fig.suptitle("Fig. 11: weights used per operation")
+    fig.suptitle("Fig. 11: weights used per operation", y=1.03)
     return Figure(name, "Fig. 11: weights per operation per layer", _save(fig, out, name), numbers,
                   {"mul/add weights": "3.8x"})
 
 
-def multiplication_to_addition_ratio(layers: pa.Table, experiment: str) -> float:
-    """Mean over seeds of kept(mul) / kept(add), whole network."""
-    rows = where(layers, experiment=experiment, layer="all").select(["trial_id", "mask", "kept"]).to_pylist()
+def multiplication_to_addition_ratio(layers: pa.Table) -> float:
+    """Mean over trials of kept(mul) / kept(add), whole network."""
+    rows = where(layers, layer="all").select(["trial_id", "mask", "kept"]).to_pylist()
     per_trial: dict[str, dict] = {}
     for r in rows:
         per_trial.setdefault(r["trial_id"], {})[r["mask"]] = r["kept"]
@@ -221,7 +228,7 @@ def figure_12(tables, out):
                 numbers[f"{experiment} mask {mask} asked for {other}: performs"] = ", ".join(
                     f"{o} {100 * _lookup(rows, mask=mask, subtask=other, operation=o)[0]:.0f}%"
                     for o in ("add", "mul", "none"))
-    fig.suptitle("Fig. 12: operation performed (rows: asked, columns: performed)")
+    fig.suptitle("Fig. 12: operation performed (rows: asked, columns: performed)", y=1.03)
     return Figure(name, "Fig. 12: operation actually performed under each mask", _save(fig, out, name), numbers,
                   {"pattern": "FNN performs the mask's operation; LSTM produces invalid outputs"})
 
@@ -299,7 +306,7 @@ def figure_8(tables, out):
             ax.axvline(recommended[size], color="r")
             ax.plot([recommended[size]], [100 * _lookup(rows, **{"mask.beta": recommended[size]})[0]], "r*", ms=14)
         numbers[f"recommended β, size {size}"] = recommended.get(size)
-    fig.suptitle("Fig. 8: β sensitivity (colour: total sharing %, star: recommended β)")
+    fig.suptitle("Fig. 8: β sensitivity (colour: total sharing %, star: recommended β)", y=1.03)
     return Figure(name, "Fig. 8: sensitivity to β", _save(fig, out, name), numbers, {"chosen β": 1e-4})
 
 

@@ -62,7 +62,9 @@ def test_sharing_ratio_and_size_figure_by_hand(tmp_path):
     assert figure.numbers["size small"].startswith("62.5 ± 17.7%")  # mean 0.625, std sqrt(0.03125)=0.1768
     assert figure.numbers["size big"].startswith("37.5 ± 17.7%")
     # mul/add weights: (80/40 + 150/50) / 2 = 2.5
-    assert multiplication_to_addition_ratio(tables["layers"], "addmul-fnn") == pytest.approx(2.5)
+    assert multiplication_to_addition_ratio(tables["layers"]) == pytest.approx(2.5)
+    figure = figure_11(tables, tmp_path / "out")  # one panel per size: small has both masks
+    assert figure.numbers["addmul-fnn (small) mul/add weights"] == "2.50x"
 
 
 def test_beta_recommendation_by_hand():
