@@ -282,14 +282,16 @@ def figure_8(tables, out):
     if "metrics" not in tables or "layers" not in tables:
         return Skip(name, "needs metrics and layers tables")
     metrics = where(tables["metrics"], experiment="addmul-fnn")
-    betas = set(metrics.column("mask.beta").to_pylist())
-    if len(betas) < 2:
-        return Skip(name, f"needs addmul-fnn trials at several β (found {sorted(betas)}); run the alpha-sensitivity sweep")
     accuracy = mean_std(where(metrics, mask="full", subtask="full"), ["model.size", "mask.beta"], "accuracy")
+    betas_per_size: dict[str, int] = {}
+    for r in accuracy:
+        betas_per_size[r["model.size"]] = betas_per_size.get(r["model.size"], 0) + 1
+    sizes = sorted((size for size, count in betas_per_size.items() if count > 1), key=_size_order)
+    if not sizes:
+        return Skip(name, "needs addmul-fnn trials of one size at several β; run the alpha-sensitivity sweep")
     layers = where(tables["layers"], experiment="addmul-fnn", mask="add", layer="all")
     sharing = mean_std(with_ratio(layers, "shared", "kept", "s"), ["model.size", "mask.beta"], "s")
     recommended = recommend_beta(metrics)
-    sizes = sorted({r["model.size"] for r in accuracy}, key=_size_order)
     fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 3.5), squeeze=False)
     numbers = {}
     for ax, size in zip(axes[0], sizes):
@@ -297,7 +299,8 @@ def figure_8(tables, out):
         x = [r["mask.beta"] for r in rows]
         ax.errorbar(x, [100 * r["mean"] for r in rows], [100 * r["std"] for r in rows], marker="o", label="accuracy")
         share = [100 * _lookup(sharing, **{"model.size": size, "mask.beta": b})[0] for b in x]
-        ax.scatter(x, [100 * r["mean"] for r in rows], c=share, cmap="viridis", zorder=3)
+        points = ax.scatter(x, [100 * r["mean"] for r in rows], c=share, cmap="viridis", zorder=3)
+        fig.colorbar(points, ax=ax, label="total sharing [%]")
         ax.set_xscale("log")
         ax.set_xlabel("β")
         ax.set_ylabel("control-mask accuracy [%]")
