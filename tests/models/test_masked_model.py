@@ -61,10 +61,11 @@ def test_module_without_vmap_rule_falls_back_to_loop_with_same_result(caplog):
     assert "per-sample loop" in caplog.text
 
 
-def test_mask_training_leaves_every_weight_bit_identical():
+@pytest.mark.parametrize("fused", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_mask_training_leaves_every_weight_bit_identical(fused):
     model = build_fnn(6, (8,), 4)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    masked = MaskedModel(model, MaskConfig(alpha=1e-3))
+    masked = MaskedModel(model, MaskConfig(alpha=1e-3), fused=fused)
     optimizer = make_optimizer(masked)
     logits_before = [l.detach().clone() for l in masked.logits]
     for _ in range(5):
@@ -75,11 +76,12 @@ def test_mask_training_leaves_every_weight_bit_identical():
     assert any(not torch.equal(a, b) for a, b in zip(logits_before, masked.logits))
 
 
-def test_joint_training_keeps_frozen_entries_and_trains_the_rest():
+@pytest.mark.parametrize("fused", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_joint_training_keeps_frozen_entries_and_trains_the_rest(fused):
     model = build_fnn(6, (8,), 4)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     frozen = {n: torch.rand(p.shape) < 0.5 for n, p in model.named_parameters()}
-    masked = MaskedModel(model, MaskConfig(), train_weights=True, frozen_weights=frozen)
+    masked = MaskedModel(model, MaskConfig(), train_weights=True, frozen_weights=frozen, fused=fused)
     optimizer = make_optimizer(masked)
     for _ in range(5):
         training_step(masked, optimizer, lambda: nn.functional.cross_entropy(masked(torch.randn(8, 6)), torch.randint(0, 4, (8,))))
@@ -90,12 +92,13 @@ def test_joint_training_keeps_frozen_entries_and_trains_the_rest():
     assert changed > 0.5 * sum(int((~w).sum()) for w in frozen.values())
 
 
-def test_mask_training_finds_the_weights_a_task_needs():
+@pytest.mark.parametrize("fused", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_mask_training_finds_the_weights_a_task_needs(fused):
     """y = x0 + x1 through a net that also sees x2, x3: the mask must drop the x2, x3 weights."""
     model = nn.Linear(4, 1, bias=False)
     with torch.no_grad():
         model.weight.fill_(1.0)
-    masked = MaskedModel(model, MaskConfig(alpha=1e-3, num_samples=4))
+    masked = MaskedModel(model, MaskConfig(alpha=1e-3, num_samples=4), fused=fused)
     optimizer = make_optimizer(masked, mask_lr=0.05)
     for _ in range(400):
         x = torch.randn(64, 4)
