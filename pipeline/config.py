@@ -55,7 +55,8 @@ class ExperimentConfig:
         for key, value in flatten(self).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
                 raise ValueError(f"{key} must not be negative, got {value}")
-        for key in ("pretrain.steps", "mask.steps", "pretrain.batch_size", "mask.batch_size", "eval_size"):
+        for key in ("pretrain.steps", "mask.steps", "pretrain.batch_size", "mask.batch_size", "eval_size",
+                    "checkpoint_every", "mask.num_samples"):
             if flatten(self)[key] < 1:
                 raise ValueError(f"{key} must be >= 1")
 

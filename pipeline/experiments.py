@@ -128,6 +128,8 @@ def validate(config: ExperimentConfig) -> None:
     build_model(config.model, 1, 1) if config.model.kind == "lstm" else hidden_sizes(config.model)
     if config.model.kind not in ("fnn", "lstm"):
         raise ValueError(f"model.kind must be 'fnn' or 'lstm', got {config.model.kind!r}")
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={config.device!r} but this machine has no CUDA GPU; use device=cpu")
     if config.mask.batch_size % config.mask.num_samples:
         raise ValueError(
             f"mask.batch_size={config.mask.batch_size} is not divisible by mask.num_samples={config.mask.num_samples}"

@@ -19,7 +19,7 @@ import numpy as np
 
 from pipeline import records
 from pipeline.config import override
-from pipeline.experiments import get_experiment
+from pipeline.experiments import get_experiment, validate
 from pipeline.run import check_results_dir, run_trial
 from tasks.registry import suggest
 
@@ -72,7 +72,7 @@ def param_space(spec: SweepSpec, seeds: int, smoke: bool, overrides: dict) -> di
     fixed = {k: v for k, v in overrides.items() if k not in grid}
     for experiment in spec.experiments:  # fail on a bad key or value before starting Ray
         for values in [dict(zip(grid, combo)) for combo in _product(grid)] or [{}]:
-            override(get_experiment(experiment, smoke), {k: str(v) for k, v in (values | fixed).items()})
+            validate(override(get_experiment(experiment, smoke), {k: str(v) for k, v in (values | fixed).items()}))
     space = {"experiment": tune.grid_search(list(spec.experiments)), "seed": tune.grid_search(list(range(seeds)))}
     space |= {key: tune.grid_search(list(values)) for key, values in grid.items()}
     return space | {"fixed_overrides": fixed, "smoke": smoke}

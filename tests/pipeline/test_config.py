@@ -22,6 +22,8 @@ def test_override_sets_nested_keys_with_types():
         ({"mask.fused": "maybe"}, TypeError, "mask.fused must be bool"),
         ({"pretrain.steps": "-5"}, ValueError, "must not be negative"),
         ({"mask.beta": "-1e-4"}, ValueError, "must not be negative"),
+        ({"checkpoint_every": "0"}, ValueError, "checkpoint_every must be >= 1"),
+        ({"mask.num_samples": "0"}, ValueError, "mask.num_samples must be >= 1"),
     ],
 )
 def test_bad_overrides_are_clear_errors(assignment, error, message):
@@ -81,3 +83,11 @@ def test_two_passes_zero_the_other_pair():
     first_only = inputs.clone()
     first_only[:, 40:] = 0
     torch.testing.assert_close(a[:, :20], model(first_only)[:, :20])
+
+
+def test_indivisible_mask_batch_and_missing_gpu_fail_before_any_work():
+    with pytest.raises(ValueError, match="not divisible by mask.num_samples=3"):
+        validate(override(ExperimentConfig(), {"mask.num_samples": "3"}))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            validate(override(ExperimentConfig(), {"device": "cuda"}))

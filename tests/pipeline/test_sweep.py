@@ -105,6 +105,7 @@ def test_killed_driver_then_same_command_resumes(tmp_path):
         (["sweep", "sharing-vs-capacity", "--set", "mask.bta=1"], "did you mean 'mask.beta'"),
         (["sweep", "sharing-vs-capacity", "--address", "127.0.0.1:9"], "cannot reach the Ray cluster"),
         (["sweep", "sharing-vs-capacity", "--resume"], "nothing to resume"),
+        (["sweep", "alpha-sensitivity", "--set", "mask.num_samples=3"], "not divisible"),
     ],
 )
 def test_sweep_bad_input(tmp_path, arguments, message):
