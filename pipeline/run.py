@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,9 @@ class TrialResult:
 
 def check_results_dir(results_dir: Path) -> None:
     """Fail before any work when the output folder cannot be written."""
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:/", str(results_dir)):
+        raise ValueError(f"results directory {str(results_dir)!r} looks like a URI; only local or shared (NFS/EFS) "
+                         "paths are supported: mount the storage and pass its path")
     try:
         results_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=results_dir, prefix=".write-check-"):

@@ -160,9 +160,9 @@ def run_sweep(
     from ray import tune
 
     spec = get_sweep(name)
-    results_dir = Path(results_dir).resolve()
     space = param_space(spec, seeds or (SMOKE_SEEDS if smoke else spec.seeds), smoke, overrides or {})
-    check_results_dir(results_dir)
+    check_results_dir(Path(results_dir))
+    results_dir = Path(results_dir).resolve()  # Ray runs trials in their own working directories
     uri = records.tracking_uri(results_dir)
     records.check_tracking(uri)
     address = address or os.environ.get("RAY_ADDRESS")

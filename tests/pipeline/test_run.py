@@ -152,3 +152,10 @@ def test_cli_list_shows_every_experiment():
     for name in ("addmul-fnn", "addmul-lstm", "double-add-fnn", "double-add-lstm", "double-add-lstm-sequential"):
         assert name in result.output
     assert "mask.beta = 0.0004" in result.output
+
+
+def test_cli_rejects_a_uri_results_dir_instead_of_writing_a_local_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["run", "addmul-fnn", "--results-dir", "s3://bucket/results"])
+    assert result.exit_code != 0 and "looks like a URI" in result.output
+    assert not list(tmp_path.iterdir())

@@ -119,3 +119,10 @@ def test_sweep_unwritable_storage(tmp_path):
     blocker.write_text("")
     result = CliRunner().invoke(main, ["sweep", "sharing-vs-capacity", "--results-dir", str(blocker / "x")])
     assert result.exit_code != 0 and "cannot write to the results directory" in result.output
+
+
+def test_sweep_rejects_a_uri_results_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["sweep", "sharing-vs-capacity", "--results-dir", "gs://bucket/results"])
+    assert result.exit_code != 0 and "looks like a URI" in result.output
+    assert not list(tmp_path.iterdir())
