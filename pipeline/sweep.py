@@ -8,9 +8,11 @@ never duplicate a trial.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import socket
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ from pipeline import records
 from pipeline.config import override
 from pipeline.experiments import get_experiment, validate
 from pipeline.run import check_results_dir, run_trial
+from pipeline.stages import trial_dir
 from tasks.registry import suggest
 
 log = logging.getLogger(__name__)
@@ -102,11 +105,20 @@ def sweep_trial(trial_config: dict) -> None:
         raise RuntimeError("injected failure on the first attempt (fault-injection test)")
     stages = []
 
+    previous = tune.get_checkpoint()
+    if previous is not None:
+        with previous.as_directory() as folder:
+            log.info("trial restored by Tune after stage %s", json.loads((Path(folder) / "stage.json").read_text()))
+
     def report_stage(stage: str) -> None:
-        # Stage checkpoints live in the shared results directory, keyed by trial id; a retried
-        # trial resumes from them. Tune sees the progress.
+        # The stage's files (network, masks, optimizer state) live in the shared results directory,
+        # keyed by trial id; the Tune checkpoint records which stage finished and where they are.
         stages.append(stage)
-        tune.report({"done": 0, "stage": stage, "stages_done": len(stages), "attempts": attempt})
+        with tempfile.TemporaryDirectory() as folder:
+            marker = {"stage": stage, "trial_dir": str(trial_dir(config, results_dir))}
+            (Path(folder) / "stage.json").write_text(json.dumps(marker))
+            tune.report({"done": 0, "stage": stage, "stages_done": len(stages), "attempts": attempt},
+                        checkpoint=tune.Checkpoint.from_directory(folder))
 
     result = run_trial(config, results_dir, parent_run_id=context["parent_run_id"], tags={"sweep": context["sweep"]},
                        mlflow_experiment=records.sweep_experiment(context["sweep"]),
@@ -117,8 +129,6 @@ def sweep_trial(trial_config: dict) -> None:
 
 def _count_attempt(results_dir: Path, config) -> int:
     """Attempts of this trial so far, kept beside its files (for the retried count of the summary)."""
-    from pipeline.stages import trial_dir
-
     folder = trial_dir(config, results_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "attempts"
@@ -194,6 +204,7 @@ def run_sweep(
                 tune_config=tune.TuneConfig(reuse_actors=True),
                 run_config=tune.RunConfig(name=name, storage_path=str(storage),
                                           failure_config=tune.FailureConfig(max_failures=max_failures),
+                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                           verbose=1),
             )
         grid = tuner.fit()

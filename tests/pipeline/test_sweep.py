@@ -51,6 +51,9 @@ def test_smoke_sweep_of_four_trials_then_every_figure_it_allows(tmp_path):
     _assert_each_trial_once(tmp_path, 4)
     # two seeds share nothing, two sizes share nothing: four pretrained nets
     assert len(list((tmp_path / "pretrained").iterdir())) == 4
+    # each trial reported its stages to Tune with a checkpoint naming the last finished stage
+    markers = list((tmp_path / "ray" / "sharing-vs-capacity").glob("*/checkpoint_*/stage.json"))
+    assert len(markers) == 4 and all('"stage": "mask full"' in m.read_text() for m in markers)
 
     result = CliRunner().invoke(main, ["analyze", "sharing-vs-capacity", "--results-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
