@@ -50,7 +50,7 @@ SWEEPS: dict[str, SweepSpec] = {
     ),
     "alpha-sensitivity": SweepSpec(
         ("addmul-fnn",),
-        {"model.size": ["medium", "big"], "mask.beta": [float(b) for b in np.logspace(-5, -3, 26)]},
+        {"model.size": ["medium", "big"], "mask.beta": [float(f"{b:.3g}") for b in np.logspace(-5, -3, 26)]},
         smoke_grid={"model.size": ["small"], "mask.beta": [1e-5, 1e-4, 1e-3]},
         description="Fig. 8: accuracy and sharing against β",
     ),
