@@ -7,6 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 
 REQUIRED_COLUMNS = {
     "metrics": ["trial_id", "experiment", "seed", "sweep", "model.size", "mask.beta", "mask", "subtask", "accuracy"],
@@ -25,12 +26,12 @@ def load_tables(results_dirs: list[Path], sweep: str | None = None) -> dict[str,
     """table name -> rows of every trial under the directories (only `sweep`'s rows if given)."""
     tables = {}
     for name, columns in REQUIRED_COLUMNS.items():
-        folders = [Path(d) / "parquet" / name for d in results_dirs if (Path(d) / "parquet" / name).is_dir()]
+        folders = [folder for folder in (_table_folder(d, name) for d in results_dirs) if folder]
         if not folders:
             continue
         parts = []
-        for folder in folders:
-            part = ds.dataset(str(folder), partitioning="hive").to_table()
+        for filesystem, folder in folders:
+            part = ds.dataset(folder, filesystem=filesystem, partitioning="hive").to_table()
             missing = [c for c in columns if c not in part.column_names]
             if missing:
                 raise AnalysisInputError(f"Parquet table {name!r} under {folder} lacks column(s) {missing}; "
@@ -44,6 +45,18 @@ def load_tables(results_dirs: list[Path], sweep: str | None = None) -> dict[str,
     if sweep is not None:
         tables = _only_sweep(tables, sweep, results_dirs)
     return tables
+
+
+def _table_folder(results_dir, table: str):
+    """(filesystem, path) of <results_dir>/parquet/<table> when it is a folder; results_dir may be a
+    local path or a storage URI (s3://, gs://, file://...)."""
+    location = str(results_dir)
+    if "://" in location:
+        filesystem, root = pafs.FileSystem.from_uri(location)
+    else:
+        filesystem, root = pafs.LocalFileSystem(), str(Path(location).resolve())
+    folder = f"{root.rstrip('/')}/parquet/{table}"
+    return (filesystem, folder) if filesystem.get_file_info(folder).type == pafs.FileType.Directory else None
 
 
 def _only_sweep(tables: dict[str, pa.Table], sweep: str, results_dirs) -> dict[str, pa.Table]:

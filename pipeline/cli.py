@@ -48,14 +48,17 @@ def list_command():
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
 @click.option("--smoke", is_flag=True, help="Shrink steps and sizes for a quick look.")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
-def run_command(experiment: str, seed: int, assignments: tuple[str, ...], smoke: bool, results_dir: Path):
+@click.option("--storage", default=None, metavar="URI",
+              help="Also keep finished stages here (s3://, gs://, file://...) and reuse what is there.")
+def run_command(experiment: str, seed: int, assignments: tuple[str, ...], smoke: bool, results_dir: Path,
+                storage: str | None):
     """Pretrain, mask and evaluate one trial of EXPERIMENT (resumes where it stopped)."""
     from pipeline.run import run_trial
 
     try:
         config = get_experiment(experiment, smoke=smoke)
         config = override(dataclasses.replace(config, seed=seed), parse_assignments(assignments))
-        result = run_trial(config, results_dir)
+        result = run_trial(config, results_dir, storage_uri=storage)
     except (KeyError, ValueError, TypeError, PermissionError, ConnectionError) as error:
         _fail(str(error.args[0]) if isinstance(error, KeyError) else str(error))
     click.echo(f"\ntrial {result.trial_id} finished")
@@ -74,6 +77,9 @@ def run_command(experiment: str, seed: int, assignments: tuple[str, ...], smoke:
 @click.option("--smoke", is_flag=True, help="Smaller grid, fewer steps, 2 seeds: a look in minutes on 2 cores.")
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
+@click.option("--storage", default=None, metavar="URI",
+              help="Sweep storage shared by all nodes (s3://, gs://, file://...): Tune state, pretrained "
+                   "networks, masks, Parquet. Default: the results directory itself.")
 @click.option("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray).")
 @click.option("--cpus-per-trial", type=float, default=1, show_default=True)
 @click.option("--gpus-per-trial", type=float, default=0, show_default=True, help="Fractions share a GPU.")
@@ -81,14 +87,14 @@ def run_command(experiment: str, seed: int, assignments: tuple[str, ...], smoke:
               help="Retries of a trial that dies or raises.")
 @click.option("--resume/--no-resume", default=None,
               help="Resume the interrupted sweep (the default when its state exists); --no-resume starts anew.")
-def sweep_command(name, seeds, smoke, assignments, results_dir, address, cpus_per_trial, gpus_per_trial, max_failures,
-                  resume):
+def sweep_command(name, seeds, smoke, assignments, results_dir, storage, address, cpus_per_trial, gpus_per_trial,
+                  max_failures, resume):
     """Run the sweep NAME on Ray Tune; started again, it resumes without redoing finished trials."""
     from pipeline.sweep import run_sweep, summary_lines
 
     try:
         summary = run_sweep(name, results_dir, seeds, smoke, parse_assignments(assignments), address, cpus_per_trial,
-                            gpus_per_trial, max_failures, resume)
+                            gpus_per_trial, max_failures, resume, storage_uri=storage)
     except (KeyError, ValueError, TypeError, PermissionError, ConnectionError, FileNotFoundError) as error:
         _fail(str(error.args[0]) if isinstance(error, KeyError) else str(error))
     for line in summary_lines(summary):
@@ -103,19 +109,22 @@ def sweep_command(name, seeds, smoke, assignments, results_dir, address, cpus_pe
               help="Where the sweep's results are (when TARGET is a sweep name).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder for figures and report.md.")
 def analyze_command(target: str, results_dir: Path, out: Path | None):
-    """Draw the paper's figures from Parquet. TARGET: a sweep name or a results directory."""
+    """Draw the paper's figures from Parquet. TARGET: a sweep name, a results directory or a
+    storage URI (s3://, gs://, file://...)."""
     from analysis.data import AnalysisInputError
     from analysis.figures import Skip
     from analysis.report import analyze
     from pipeline.sweep import SWEEPS
 
+    is_uri = "://" in target
     is_sweep = target in SWEEPS and not Path(target).is_dir()
-    if not is_sweep and not Path(target).is_dir():
+    if not (is_sweep or is_uri or Path(target).is_dir()):
         from tasks.registry import suggest
 
-        _fail(f"{target!r} is neither a sweep{suggest(target, SWEEPS)} nor a results directory")
-    directory = results_dir if is_sweep else Path(target)
-    out = out or directory / "analysis" / (target if is_sweep else "all")
+        _fail(f"{target!r} is neither a sweep{suggest(target, SWEEPS)}, a results directory nor a storage URI")
+    directory = results_dir if is_sweep else target if is_uri else Path(target)
+    out = out or (results_dir / "analysis" / "storage" if is_uri else directory / "analysis" / (
+        target if is_sweep else "all"))
     try:
         report, outcomes = analyze([directory], out, target if is_sweep else None)
     except AnalysisInputError as error:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import tempfile
 from dataclasses import dataclass
@@ -15,7 +14,17 @@ from pipeline import records
 from pipeline.config import ExperimentConfig, flatten
 from pipeline.evaluate import evaluate, summary_metrics
 from pipeline.experiments import validate
-from pipeline.stages import mask_names, pretrain, train_mask, trial_dir, trial_id, write_json_atomic, write_trial_config
+from pipeline.stages import (
+    mask_names,
+    pretrain,
+    pretrain_dir,
+    train_mask,
+    trial_dir,
+    trial_id,
+    write_json_atomic,
+    write_trial_config,
+)
+from pipeline.storage import Storage
 from tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -34,8 +43,8 @@ class TrialResult:
 def check_results_dir(results_dir: Path) -> None:
     """Fail before any work when the output folder cannot be written."""
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:/", str(results_dir)):
-        raise ValueError(f"results directory {str(results_dir)!r} looks like a URI; only local or shared (NFS/EFS) "
-                         "paths are supported: mount the storage and pass its path")
+        raise ValueError(f"results directory {str(results_dir)!r} looks like a URI; it must be a local or shared "
+                         "(NFS) path — pass the URI as --storage to keep results there as well")
     try:
         results_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=results_dir, prefix=".write-check-"):
@@ -47,29 +56,40 @@ def check_results_dir(results_dir: Path) -> None:
 
 def run_trial(config: ExperimentConfig, results_dir: Path, parent_run_id: str | None = None,
               tags: dict | None = None, mlflow_experiment: str | None = None,
-              tracking_uri: str | None = None, on_stage: Callable[[str], None] = lambda stage: None) -> TrialResult:
+              tracking_uri: str | None = None, on_stage: Callable[[str], None] = lambda stage: None,
+              storage_uri: str | None = None) -> TrialResult:
     """Run (or resume) every stage of one trial; finished stages are not redone.
 
     on_stage(name) is called after each finished stage (a sweep reports it to Tune).
+    storage_uri: where finished stages are also kept and looked for (see pipeline.storage), so
+    that nodes without a shared filesystem share pretrained networks and finished trials.
     """
     validate(config)
     results_dir = Path(results_dir)
     check_results_dir(results_dir)
+    storage = Storage(results_dir, storage_uri)
     uri = tracking_uri or records.tracking_uri(results_dir)
     records.check_tracking(uri)
     trial = trial_id(config)
     write_trial_config(config, results_dir)
     done_marker = trial_dir(config, results_dir) / "recorded.json"
-    if done_marker.exists():
+    if storage.pull(_relative(done_marker, results_dir)):
         log.info("trial %s already finished; nothing to do", trial)
         recorded = json.loads(done_marker.read_text())
         return TrialResult(trial, trial_dir(config, results_dir), results_dir / "parquet", uri, recorded["run_id"],
                            recorded["metrics"])
 
+    network = [_relative(pretrain_dir(config, results_dir) / f, results_dir) for f in ("config.json", "model.pt")]
+    storage.pull(network[-1])
     pretrained = pretrain(config, results_dir)
+    storage.push(*network)
     on_stage("pretrain")
     for name in mask_names(config):
+        mask_files = [_relative(trial_dir(config, results_dir) / "masks" / f"{name}.{kind}.pt", results_dir)
+                      for kind in ("masks", "logits")]
+        storage.pull_all(*mask_files)
         train_mask(config, name, pretrained, results_dir)
+        storage.push(*mask_files)
         on_stage(f"mask {name}")
     tables = evaluate(config, pretrained, results_dir)
 
@@ -86,8 +106,11 @@ def run_trial(config: ExperimentConfig, results_dir: Path, parent_run_id: str | 
         parent_run_id, artifact_root=results_dir / "mlartifacts",
     )
     write_json_atomic({"run_id": run_id, "metrics": metrics}, done_marker)
+    storage.push(*[_relative(p, results_dir) for p in written], _relative(trial_dir(config, results_dir) / "config.json",
+                 results_dir), _relative(done_marker, results_dir))
     return TrialResult(trial, trial_dir(config, results_dir), results_dir / "parquet", uri, run_id, metrics)
 
 
-def default_results_dir() -> Path:
-    return Path(os.environ.get("MODULAR_RESULTS_DIR", "results"))
+def _relative(path: Path, results_dir: Path) -> str:
+    return path.relative_to(results_dir).as_posix()
+

@@ -24,6 +24,7 @@ from pipeline.config import override
 from pipeline.experiments import get_experiment, validate
 from pipeline.run import check_results_dir, run_trial
 from pipeline.stages import trial_dir
+from pipeline.storage import Storage
 from tasks.registry import suggest
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,8 @@ def sweep_trial(trial_config: dict) -> None:
 
     result = run_trial(config, results_dir, parent_run_id=context["parent_run_id"], tags={"sweep": context["sweep"]},
                        mlflow_experiment=records.sweep_experiment(context["sweep"]),
-                       tracking_uri=context["tracking_uri"], on_stage=report_stage)
+                       tracking_uri=context["tracking_uri"], on_stage=report_stage,
+                       storage_uri=context["storage_uri"])
     tune.report({"done": 1, "stage": "evaluate", "stages_done": len(stages) + 1, "attempts": attempt,
                  **{k.replace("/", "_"): v for k, v in result.metrics.items()}})
 
@@ -164,6 +166,7 @@ def run_sweep(
     resume: bool | None = None,
     num_cpus: int | None = None,
     fail_first_attempt: bool = False,
+    storage_uri: str | None = None,
 ) -> SweepSummary:
     """Run (or resume) sweep `name`. resume=None: resume when the sweep's Tune state exists."""
     import ray
@@ -178,14 +181,17 @@ def run_sweep(
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         check_ray_address(address)
-    storage = results_dir / "ray"
-    sweep_dir = storage / name
-    exists = tune.Tuner.can_restore(str(sweep_dir))
+    if storage_uri:
+        Storage(results_dir, storage_uri)  # fails early on a URI pyarrow cannot open
+    storage = storage_uri.rstrip("/") + "/ray" if storage_uri else str(results_dir / "ray")
+    sweep_dir = f"{storage}/{name}"
+    exists = tune.Tuner.can_restore(sweep_dir)
     if resume and not exists:
         raise FileNotFoundError(f"nothing to resume: no sweep state at {sweep_dir}; run without --resume")
     resumed = exists if resume is None else resume
     parent = records.sweep_parent_run(uri, name, results_dir / "mlartifacts")
     space["context"] = {"results_dir": str(results_dir), "parent_run_id": parent, "sweep": name, "tracking_uri": uri,
+                        "storage_uri": storage_uri,
                         "fail_first_attempt": fail_first_attempt}
     space["cpus_per_trial"] = cpus_per_trial
 
@@ -196,13 +202,13 @@ def run_sweep(
         trainable = tune.with_resources(sweep_trial, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
         if resumed:
             log.info("resuming sweep %s from %s", name, sweep_dir)
-            tuner = tune.Tuner.restore(str(sweep_dir), trainable, resume_errored=True, param_space=space)
+            tuner = tune.Tuner.restore(sweep_dir, trainable, resume_errored=True, param_space=space)
         else:
             tuner = tune.Tuner(
                 trainable, param_space=space,
                 # one worker process serves trial after trial: no torch import or kernel compilation per trial
                 tune_config=tune.TuneConfig(reuse_actors=True),
-                run_config=tune.RunConfig(name=name, storage_path=str(storage),
+                run_config=tune.RunConfig(name=name, storage_path=storage,
                                           failure_config=tune.FailureConfig(max_failures=max_failures),
                                           checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                           verbose=1),

@@ -159,3 +159,30 @@ def test_cli_rejects_a_uri_results_dir_instead_of_writing_a_local_folder(tmp_pat
     result = CliRunner().invoke(main, ["run", "addmul-fnn", "--results-dir", "s3://bucket/results"])
     assert result.exit_code != 0 and "looks like a URI" in result.output
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_storage_uri_shares_finished_stages_between_machines(tmp_path, monkeypatch):
+    """Two 'nodes' with their own local results folders and one storage URI (file:// here; s3://
+    and gs:// go through the same pyarrow filesystem calls)."""
+    storage = (tmp_path / "bucket").as_uri()
+    (tmp_path / "bucket").mkdir()
+    first = run_trial(tiny(), tmp_path / "node-a", storage_uri=storage)
+    bucket = tmp_path / "bucket"
+    assert len(list(bucket.glob("pretrained/*/model.pt"))) == 1
+    assert {p.name for p in (bucket / "trials" / first.trial_id / "masks").iterdir()} == {
+        f"{name}.{kind}.pt" for name in ("add", "mul", "full") for kind in ("masks", "logits")}
+    assert (bucket / "trials" / first.trial_id / "recorded.json").exists()
+    assert not list(bucket.rglob("*.tmp"))
+
+    def no_pretraining(*args):
+        raise AssertionError("node b pretrained although storage had the network")
+
+    monkeypatch.setattr(pipeline.stages, "_pretrain", no_pretraining)
+    run_trial(tiny(**{"mask.beta": "1e-3"}), tmp_path / "node-b", storage_uri=storage)
+    same = run_trial(tiny(), tmp_path / "node-b", storage_uri=storage)  # finished on node a: pulled, not rerun
+    assert same.trial_id == first.trial_id and not (tmp_path / "node-b" / "trials" / first.trial_id / "masks").exists()
+
+    result = CliRunner().invoke(main, ["analyze", storage, "--out", str(tmp_path / "figures")])
+    assert result.exit_code == 0, result.output
+    assert "2 trials" in (tmp_path / "figures" / "report.md").read_text()

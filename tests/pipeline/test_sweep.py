@@ -129,3 +129,14 @@ def test_sweep_rejects_a_uri_results_dir(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["sweep", "sharing-vs-capacity", "--results-dir", "gs://bucket/results"])
     assert result.exit_code != 0 and "looks like a URI" in result.output
     assert not list(tmp_path.iterdir())
+
+
+def test_sweep_with_a_storage_uri_keeps_tune_state_and_results_there(tmp_path):
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    summary = _sweep(tmp_path / "local", storage_uri=bucket.as_uri())
+    assert (summary.done, summary.failed) == (4, 0)
+    assert (bucket / "ray" / "sharing-vs-capacity").is_dir()
+    assert len(list(bucket.glob("trials/*/recorded.json"))) == 4
+    assert len(list(bucket.glob("parquet/metrics/trial_id=*/part-0.parquet"))) == 4
+    assert len(list(bucket.glob("pretrained/*/model.pt"))) == 4
