@@ -10,6 +10,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from models.atomic import atomic_path
+
 log = logging.getLogger(__name__)
 
 TABLES = ("metrics", "layers", "operations", "histograms")
@@ -37,10 +39,8 @@ def write_tables(tables: dict[str, list[dict]], context: dict, results_dir: Path
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
     """Write to a hidden temp file, then rename: readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def tables_written(results_dir: Path, trial: str, tables: list[str]) -> bool:

@@ -12,6 +12,7 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 
 from models.masking import MaskConfig, MaskedModel, ParameterFilter, make_optimizer, training_step
+from models.atomic import atomic_path
 from models.masking.masks import atomic_torch_save
 from pipeline.config import ExperimentConfig, fingerprint, flatten
 from pipeline.experiments import PRESENTATIONS, build_model
@@ -44,9 +45,8 @@ def trial_dir(config: ExperimentConfig, results_dir: Path) -> Path:
 
 
 def write_json_atomic(data: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 # -- a resumable loop ------------------------------------------------------------------------------

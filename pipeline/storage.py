@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from models.atomic import atomic_path
+
 
 class Storage:
     """Relative paths under `local` mirrored to `uri` (a no-op without a URI)."""
@@ -34,11 +36,9 @@ class Storage:
             return True
         if not self.uri or self._remote_info(relative).type != pafs.FileType.File:
             return False
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        pafs.copy_files(self._remote_path(relative), str(partial), source_filesystem=self.remote,
-                        destination_filesystem=pafs.LocalFileSystem())
-        partial.replace(target)
+        with atomic_path(target) as partial:
+            pafs.copy_files(self._remote_path(relative), str(partial), source_filesystem=self.remote,
+                            destination_filesystem=pafs.LocalFileSystem())
         return True
 
     def pull_all(self, *relatives: str) -> bool:

@@ -121,3 +121,18 @@ def test_continual_learning_initialisation():
     continual_logits(masked, used, used_logit=2.0, free_logit=-1.0)
     for n, l in masked.logits_by_name().items():
         assert torch.all(l[used.tensors[n]] == 2.0) and torch.all(l[~used.tensors[n]] == -1.0)
+
+
+def test_atomic_write_leaves_the_old_file_when_the_writer_fails(tmp_path):
+    from models.atomic import atomic_path
+
+    target = tmp_path / "file.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+    with atomic_path(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new" and list(tmp_path.iterdir()) == [target]
