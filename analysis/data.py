@@ -9,10 +9,10 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
+# Columns every trial's rows carry; figures check the settings columns they group by themselves.
 REQUIRED_COLUMNS = {
-    "metrics": ["trial_id", "experiment", "seed", "sweep", "model.size", "mask.beta", "mask", "subtask", "accuracy"],
-    "layers": ["trial_id", "experiment", "seed", "sweep", "model.size", "mask.beta", "mask", "layer", "total", "kept",
-               "shared"],
+    "metrics": ["trial_id", "experiment", "seed", "sweep", "mask", "subtask", "accuracy"],
+    "layers": ["trial_id", "experiment", "seed", "sweep", "mask", "layer", "total", "kept", "shared"],
     "operations": ["trial_id", "experiment", "seed", "sweep", "mask", "subtask", "operation", "fraction"],
     "histograms": ["trial_id", "experiment", "sweep", "mask", "bin_left", "bin_right", "count"],
 }
@@ -25,7 +25,8 @@ class AnalysisInputError(ValueError):
 def load_tables(results_dirs: list[Path], sweep: str | None = None) -> dict[str, pa.Table]:
     """table name -> rows of every trial under the directories (only `sweep`'s rows if given)."""
     tables = {}
-    for name, columns in REQUIRED_COLUMNS.items():
+    for name in _table_names(results_dirs):
+        columns = REQUIRED_COLUMNS.get(name, ["trial_id", "experiment", "sweep"])
         folders = [folder for folder in (_table_folder(d, name) for d in results_dirs) if folder]
         if not folders:
             continue
@@ -47,6 +48,18 @@ def load_tables(results_dirs: list[Path], sweep: str | None = None) -> dict[str,
     return tables
 
 
+def _table_names(results_dirs) -> list[str]:
+    """Every table present under any of the directories (studies add tables of their own)."""
+    names = set()
+    for results_dir in results_dirs:
+        found = _table_folder(results_dir, "")
+        if found:
+            filesystem, folder = found
+            names |= {info.base_name for info in filesystem.get_file_info(pafs.FileSelector(folder))
+                      if info.type == pafs.FileType.Directory}
+    return sorted(names)
+
+
 def _table_folder(results_dir, table: str):
     """(filesystem, path) of <results_dir>/parquet/<table> when it is a folder; results_dir may be a
     local path or a storage URI (s3://, gs://, file://...)."""
@@ -55,12 +68,12 @@ def _table_folder(results_dir, table: str):
         filesystem, root = pafs.FileSystem.from_uri(location)
     else:
         filesystem, root = pafs.LocalFileSystem(), str(Path(location).resolve())
-    folder = f"{root.rstrip('/')}/parquet/{table}"
+    folder = f"{root.rstrip('/')}/parquet/{table}".rstrip("/")
     return (filesystem, folder) if filesystem.get_file_info(folder).type == pafs.FileType.Directory else None
 
 
 def _only_sweep(tables: dict[str, pa.Table], sweep: str, results_dirs) -> dict[str, pa.Table]:
-    present = sorted(set(tables["metrics"].column("sweep").to_pylist())) if "metrics" in tables else []
+    present = sorted({s for t in tables.values() for s in t.column("sweep").to_pylist()})
     selected = {n: t.filter(pc.equal(t["sweep"], sweep)) for n, t in tables.items()}
     if not any(t.num_rows for t in selected.values()):
         raise AnalysisInputError(

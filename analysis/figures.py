@@ -81,8 +81,9 @@ def _experiment_panels(tables, table: str, name: str, wanted: list[str]):
         return Skip(name, f"needs trials of {', '.join(wanted)}")
     groups = []
     for experiment in experiments:
-        sizes = sorted(set(where(tables[table], experiment=experiment).column("model.size").to_pylist()),
-                       key=_size_order)
+        rows = where(tables[table], experiment=experiment)
+        sizes = sorted(set(rows.column("model.size").to_pylist()), key=_size_order) \
+            if "model.size" in rows.column_names else [None]
         groups += [(f"{experiment} ({size})", {"experiment": experiment, "model.size": size}) for size in sizes] \
             if len(sizes) > 1 else [(experiment, {"experiment": experiment})]
     fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.5), squeeze=False)
@@ -282,6 +283,8 @@ def figure_8(tables, out):
     if "metrics" not in tables or "layers" not in tables:
         return Skip(name, "needs metrics and layers tables")
     metrics = where(tables["metrics"], experiment="addmul-fnn")
+    if not metrics.num_rows:
+        return Skip(name, "needs addmul-fnn trials; run the alpha-sensitivity sweep")
     accuracy = mean_std(where(metrics, mask="full", subtask="full"), ["model.size", "mask.beta"], "accuracy")
     betas_per_size: dict[str, int] = {}
     for r in accuracy:
@@ -322,6 +325,8 @@ def figure_9(tables, out):
     if "layers" not in tables:
         return Skip(name, "no layers table")
     layers = where(tables["layers"], experiment="addmul-fnn", mask="add", layer="all")
+    if not layers.num_rows:
+        return Skip(name, "needs addmul-fnn trials of several sizes; run sharing-vs-capacity")
     sizes = sorted(set(layers.column("model.size").to_pylist()), key=_size_order)
     if len(sizes) < 2:
         return Skip(name, f"needs addmul-fnn trials of several sizes (found {sizes}); run sharing-vs-capacity")

@@ -1,1 +1,6 @@
-"""Plain nn.Modules of the paper and the masking core; nothing here knows about tasks or sweeps."""
+"""Plain nn.Modules of the paper and the masking core; nothing here knows about tasks or sweeps.
+
+Importing the package registers every model family (models.registry).
+"""
+
+from models import fnn, lstm  # noqa: F401  (registration)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor, nn
+
+from models.registry import register_model
 
 # Hidden sizes of the paper's add/mul networks (Fig. 9).
 FNN_SIZES = {
@@ -29,3 +33,29 @@ class FeedForward(nn.Module):
 
 def build_fnn(input_size: int, hidden_sizes: tuple[int, ...], output_size: int) -> FeedForward:
     return FeedForward(input_size, tuple(hidden_sizes), output_size)
+
+
+def hidden_sizes(size: str) -> tuple[int, ...]:
+    """"medium" -> (800, 800, 800, 800); "300,200" -> (300, 200)."""
+    if size in FNN_SIZES:
+        return FNN_SIZES[size]
+    try:
+        sizes = tuple(int(s) for s in size.split(","))
+    except ValueError:
+        raise ValueError(
+            f"model.size must be one of {', '.join(FNN_SIZES)} or comma-separated integers, got {size!r}"
+        ) from None
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"model.size needs positive hidden sizes, got {size!r}")
+    return sizes
+
+
+@dataclass(frozen=True)
+class FNNSettings:
+    builder: str = "fnn"
+    size: str = "small"  # a name of FNN_SIZES, or hidden sizes "800,800"
+
+
+@register_model("fnn", FNNSettings)
+def fnn(input_size: int, output_size: int, size: str = "small") -> FeedForward:
+    return build_fnn(input_size, hidden_sizes(size), output_size)

@@ -6,8 +6,12 @@ nn.LSTM calls a fused kernel that vmap has no batching rule for; this one is the
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
+
+from models.registry import register_model
 
 
 class LSTMLayer(nn.Module):
@@ -51,3 +55,14 @@ class LSTMClassifier(nn.Module):
 
 def build_lstm(input_size: int, hidden_size: int, output_size: int) -> LSTMClassifier:
     return LSTMClassifier(input_size, hidden_size, output_size)
+
+
+@dataclass(frozen=True)
+class LSTMSettings:
+    builder: str = "lstm"
+    hidden: int = 256
+
+
+@register_model("lstm", LSTMSettings)
+def lstm(input_size: int, output_size: int, hidden: int = 256) -> LSTMClassifier:
+    return build_lstm(input_size, hidden, output_size)

@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 from pathlib import Path
 
 import click
 
 from pipeline.config import flatten, override, parse_assignments
-from pipeline.experiments import EXPERIMENTS, get_experiment
+from pipeline.experiments import get_experiment
+
+
+def _data_dir_option(command):
+    return click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+                        help="Folder with the datasets (default: $MODULAR_DATA_DIR or ~/.cache/modular-masks/data).")(
+        command)
+
+
+def _with_data_dir(assignments: dict, data_dir: Path | None) -> dict:
+    """--data-dir as the config key data_dir, absolute so that Ray workers in other folders find it."""
+    return assignments | {"data_dir": str(data_dir.expanduser().resolve())} if data_dir else assignments
 
 
 def _fail(message: str) -> None:
@@ -22,24 +34,41 @@ def _fail(message: str) -> None:
 def main(verbose: bool):
     """Find functional modules in trained networks with differentiable weight masks."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Import paths (--set task=mypkg.tasks:MyTask) resolve from the current folder, as with `python -m`.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
 
 @main.command("list")
 def list_command():
-    """Show the sweeps, the experiments and their default settings."""
-    from pipeline.sweep import SWEEPS
+    """Show the sweeps, the experiments and their settings, the tasks and the model families."""
+    import dataclasses as dc
 
+    from models.registry import model_families
+    from pipeline.experiments import EXPERIMENTS, SWEEPS, experiment_names
+    from tasks import task_class, task_names
+
+    experiment_names()
     click.echo("sweeps (pipeline sweep NAME):")
     for name, spec in SWEEPS.items():
         grid = ", ".join(f"{k} in {v}" for k, v in spec.grid.items())
         click.echo(f"  {name}: {spec.description}; experiments {', '.join(spec.experiments)}; {grid or 'no grid'};"
                    f" {spec.seeds} seeds")
     click.echo("\nexperiments (pipeline run NAME):")
-    for name in EXPERIMENTS:
-        config = get_experiment(name)
-        click.echo(f"{name}")
-        for key, value in flatten(config).items():
+    for name, preset in EXPERIMENTS.items():
+        click.echo(f"{name}: {preset.description}")
+        for key, value in flatten(preset.config).items():
             click.echo(f"    {key} = {value}")
+    click.echo("\ntasks (--set task=NAME, or an import path mypkg.tasks:MyTask):")
+    for name in task_names():
+        cls = task_class(name)
+        options = ", ".join(f"task_options.{f.name}" for f in dc.fields(getattr(cls, "Options", object))
+                            ) if dc.is_dataclass(getattr(cls, "Options", None)) else ""
+        click.echo(f"  {name} (version {cls.version}){': ' + options if options else ''}")
+    click.echo("\nmodel families (--set model.builder=NAME, or an import path mypkg.nets:build):")
+    for name, family in model_families().items():
+        settings = ", ".join(f"model.{f.name}={f.default!r}" for f in dc.fields(family.settings) if f.name != "builder")
+        click.echo(f"  {name}: needs {', '.join(family.dims)}; {settings}")
 
 
 @main.command("run")
@@ -50,16 +79,18 @@ def list_command():
 @click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
 @click.option("--storage", default=None, metavar="URI",
               help="Also keep finished stages here (s3://, gs://, file://...) and reuse what is there.")
+@_data_dir_option
 def run_command(experiment: str, seed: int, assignments: tuple[str, ...], smoke: bool, results_dir: Path,
-                storage: str | None):
+                storage: str | None, data_dir: Path | None):
     """Pretrain, mask and evaluate one trial of EXPERIMENT (resumes where it stopped)."""
     from pipeline.run import run_trial
 
     try:
         config = get_experiment(experiment, smoke=smoke)
-        config = override(dataclasses.replace(config, seed=seed), parse_assignments(assignments))
+        config = override(dataclasses.replace(config, seed=seed),
+                          _with_data_dir(parse_assignments(assignments), data_dir))
         result = run_trial(config, results_dir, storage_uri=storage)
-    except (KeyError, ValueError, TypeError, PermissionError, ConnectionError) as error:
+    except (KeyError, ValueError, TypeError, PermissionError, ConnectionError, FileNotFoundError) as error:
         _fail(str(error.args[0]) if isinstance(error, KeyError) else str(error))
     click.echo(f"\ntrial {result.trial_id} finished")
     for key, value in sorted(result.metrics.items()):
@@ -87,13 +118,15 @@ def run_command(experiment: str, seed: int, assignments: tuple[str, ...], smoke:
               help="Retries of a trial that dies or raises.")
 @click.option("--resume/--no-resume", default=None,
               help="Resume the interrupted sweep (the default when its state exists); --no-resume starts anew.")
+@_data_dir_option
 def sweep_command(name, seeds, smoke, assignments, results_dir, storage, address, cpus_per_trial, gpus_per_trial,
-                  max_failures, resume):
+                  max_failures, resume, data_dir):
     """Run the sweep NAME on Ray Tune; started again, it resumes without redoing finished trials."""
     from pipeline.sweep import run_sweep, summary_lines
 
     try:
-        summary = run_sweep(name, results_dir, seeds, smoke, parse_assignments(assignments), address, cpus_per_trial,
+        summary = run_sweep(name, results_dir, seeds, smoke, _with_data_dir(parse_assignments(assignments), data_dir),
+                            address, cpus_per_trial,
                             gpus_per_trial, max_failures, resume, storage_uri=storage)
     except (KeyError, ValueError, TypeError, PermissionError, ConnectionError, FileNotFoundError) as error:
         _fail(str(error.args[0]) if isinstance(error, KeyError) else str(error))
@@ -114,8 +147,9 @@ def analyze_command(target: str, results_dir: Path, out: Path | None):
     from analysis.data import AnalysisInputError
     from analysis.figures import Skip
     from analysis.report import analyze
-    from pipeline.sweep import SWEEPS
+    from pipeline.experiments import sweep_names
 
+    SWEEPS = sweep_names()
     is_uri = "://" in target
     is_sweep = target in SWEEPS and not Path(target).is_dir()
     if not (is_sweep or is_uri or Path(target).is_dir()):

@@ -7,15 +7,10 @@ import hashlib
 import json
 import typing
 from dataclasses import dataclass, field
+from typing import Any
 
-from tasks.registry import suggest
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    kind: str = "fnn"  # "fnn" or "lstm"
-    size: str = "small"  # FNN: small / medium / big / huge, or hidden sizes "800,800"
-    lstm_hidden: int = 256
+from models.registry import default_settings
+from tasks.registry import NoOptions, suggest, task_options
 
 
 @dataclass(frozen=True)
@@ -24,6 +19,12 @@ class PretrainConfig:
     lr: float = 1e-3
     batch_size: int = 128
     clip: float = 1.0
+    optimizer: str = "adam"  # "adam" or "sgd" (momentum 0.9)
+    weight_decay: float = 0.0
+    adam_eps: float = 1e-8
+    adam_beta2: float = 0.999
+    lr_decay_steps: tuple[int, ...] = ()  # lr divided by 10 at each of these steps
+    warmup_steps: int = 0  # linear warm-up of the lr from 0
 
 
 @dataclass(frozen=True)
@@ -34,31 +35,51 @@ class MaskStageConfig:
     batch_size: int = 128
     num_samples: int = 4
     mask_biases: bool = False
+    mask_embeddings: bool = True
     fused: bool = True
+    clip: float = 1.0
+    warmup_steps: int = 0  # linear warm-up of the mask lr from 0
+
+
+OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    experiment: str = "addmul-fnn"
-    task: str = "addmul"
-    presentation: str = "direct"  # how the task's examples reach the model, see pipeline.experiments
+    """One trial. `task` and `model.builder` are names in the task and model registries (or import
+    paths); `task_options` and `model` are the typed settings of that task and model family."""
+
+    experiment: str = "custom"
+    study: str = "masks"  # the recipe that runs the trial's stages (pipeline.studies)
+    task: str = ""
     sweep: str = ""  # the sweep a trial belongs to ("" for `pipeline run`)
     seed: int = 0
     device: str = "cpu"
+    data_dir: str = ""  # "" = $MODULAR_DATA_DIR or ~/.cache/modular-masks/data; not part of any key
     eval_size: int = 4096
     checkpoint_every: int = 1000
-    model: ModelConfig = field(default_factory=ModelConfig)
+    task_options: Any = field(default_factory=NoOptions)
+    model: Any = None
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     mask: MaskStageConfig = field(default_factory=MaskStageConfig)
 
     def __post_init__(self):
-        for key, value in flatten(self).items():
+        values = flatten(self)
+        for key, value in values.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
                 raise ValueError(f"{key} must not be negative, got {value}")
         for key in ("pretrain.steps", "mask.steps", "pretrain.batch_size", "mask.batch_size", "eval_size",
                     "checkpoint_every", "mask.num_samples"):
-            if flatten(self)[key] < 1:
+            if values[key] < 1:
                 raise ValueError(f"{key} must be >= 1")
+        if self.pretrain.optimizer not in OPTIMIZERS:
+            raise ValueError(f"pretrain.optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.pretrain.optimizer!r}")
+
+
+# Keys that pick the class of a settings section: set first, they reset that section to its defaults.
+SWITCHES = {"task": ("task_options", task_options), "model.builder": ("model", default_settings)}
+# Keys that say where things are, not what is computed: left out of every fingerprint.
+LOCATION_KEYS = ("data_dir",)
 
 
 def flatten(config) -> dict[str, object]:
@@ -74,13 +95,30 @@ def flatten(config) -> dict[str, object]:
 
 
 def override(config, assignments: dict[str, object]):
-    """A copy of `config` with dotted keys replaced; unknown keys and wrong types are errors."""
+    """A copy of `config` with dotted keys replaced; unknown keys and wrong types are errors.
+
+    A switch key (`task`, `model.builder`) is applied first and resets its settings section to the
+    new task's or model family's defaults, so `--set model.builder=lstm --set model.hidden=64` works.
+    """
+    for key, (section, defaults) in SWITCHES.items():
+        if key in assignments:
+            name = str(assignments[key])
+            config = _replace_path(config, section.split("."), defaults(name))
+            config = _override_one(config, key.split("."), name, key)
     known = flatten(config)
     for key, value in assignments.items():
+        if key in SWITCHES:
+            continue
         if key not in known:
             raise KeyError(f"unknown config key {key!r}{suggest(key, known)}; known keys: {', '.join(known)}")
         config = _override_one(config, key.split("."), value, key)
     return config
+
+
+def _replace_path(config, path: list[str], value):
+    if len(path) == 1:
+        return dataclasses.replace(config, **{path[0]: value})
+    return dataclasses.replace(config, **{path[0]: _replace_path(getattr(config, path[0]), path[1:], value)})
 
 
 def _override_one(config, path: list[str], value, full_key: str):
@@ -91,7 +129,9 @@ def _override_one(config, path: list[str], value, full_key: str):
     return dataclasses.replace(config, **{head: _coerce(value, expected, full_key)})
 
 
-def _coerce(value, expected: type, key: str):
+def _coerce(value, expected, key: str):
+    if typing.get_origin(expected) is tuple:
+        return _coerce_tuple(value, typing.get_args(expected)[0], key)
     if not isinstance(value, str):
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
@@ -106,6 +146,15 @@ def _coerce(value, expected: type, key: str):
         return expected(value)
     except ValueError:
         raise TypeError(f"{key} must be {expected.__name__}, got {value!r}") from None
+
+
+def _coerce_tuple(value, item: type, key: str) -> tuple:
+    """"32000,48000" or [32000, 48000] -> (32000, 48000); "" -> ()."""
+    parts = [p for p in value.split(",") if p.strip()] if isinstance(value, str) else list(value)
+    try:
+        return tuple(_coerce(p.strip() if isinstance(p, str) else p, item, key) for p in parts)
+    except TypeError:
+        raise TypeError(f"{key} must be comma-separated {item.__name__} values, got {value!r}") from None
 
 
 def parse_assignments(pairs: tuple[str, ...]) -> dict[str, str]:

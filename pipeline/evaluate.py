@@ -1,88 +1,63 @@
-"""The evaluate stage: accuracies with every (inverted) mask, per-layer sharing, Fig. 12, Fig. 7.
+"""The evaluate stage: accuracies with every (inverted) mask, per-layer sharing, σ(l) histograms,
+and whatever rows the task adds (its `condition_rows` and `mask_rows`, where it has them).
 
-Returns plain rows (lists of dicts); pipeline.records turns them into Parquet and MLflow.
+Returns plain rows (table name -> list of dicts); pipeline.records turns them into Parquet and MLflow.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import contextlib
 from pathlib import Path
 
 import torch
 
 from models.masking import Masks, applied, keep_probability_histogram, union
-from pipeline.config import ExperimentConfig
-from pipeline.experiments import PRESENTATIONS
-from pipeline.stages import CONTROL_MASK, load_pretrained, mask_names, trial_dir
-from tasks import get_task
-from tasks.addmul import operation_performed
-from tasks.arithmetic import correct, numbers_from_logits
+from pipeline.stages import TrialContext, load_network, mask_files
 
-VALIDATION_SEED = 2021  # the same fixed validation sets for every trial
 HISTOGRAM_BINS = 500
 
 
-def validation_sets(config: ExperimentConfig) -> dict:
-    """subtask -> fixed Batch of config.eval_size examples ("full" included)."""
-    task = get_task(config.task)
-    sets = {}
-    for i, subtask in enumerate(["full", *task.subtasks]):
-        generator = torch.Generator(config.device).manual_seed(VALIDATION_SEED + i)
-        sets[subtask] = task.sample(config.eval_size, subtask, generator, config.device)
-    return sets
+def evaluate_masks(ctx: TrialContext, network: Path, mask_names: list[str]) -> dict[str, list[dict]]:
+    """-> {"metrics", "layers", "histograms", *the task's own tables} rows."""
+    task = ctx.task
+    model = load_network(ctx, network)
+    masks = {name: Masks.load(mask_files(ctx, name)[0], model) for name in mask_names}
+    batches = {split: list(task.eval_batches(split, ctx.config.eval_size, ctx.device)) for split in task.eval_splits}
+    conditions = {"none": None} | masks | {f"not-{m}": ~masks[m] for m in masks}
+    tables = {"metrics": [], "layers": layer_rows(masks, task.control_mask),
+              "histograms": histogram_rows(ctx, mask_names)}
+    for condition, mask in conditions.items():
+        inverted = condition.startswith("not-")
+        with applied(model, mask) if mask is not None else contextlib.nullcontext():
+            for split, split_batches in batches.items():
+                tables["metrics"].append({"mask": condition, "inverted": inverted, "subtask": split,
+                                          "accuracy": accuracy(task, model, split_batches)})
+            if hasattr(task, "condition_rows"):
+                _extend(tables, task.condition_rows(condition, inverted, model, batches))
+    if hasattr(task, "mask_rows"):
+        _extend(tables, task.mask_rows(model, masks))
+    return tables
 
 
 @torch.no_grad()
-def predict(config: ExperimentConfig, model, inputs: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    present = PRESENTATIONS[config.presentation]
-    return torch.cat([present(model, chunk) for chunk in inputs.split(batch_size)])
+def accuracy(task, model: torch.nn.Module, batches: list) -> float:
+    """Share of examples the task scores correct."""
+    correct = torch.cat([task.correct(model, batch) for batch in batches])
+    return correct.float().mean().item()
 
 
-def load_masks(config: ExperimentConfig, results_dir: Path, model) -> dict[str, Masks]:
-    folder = trial_dir(config, results_dir) / "masks"
-    return {name: Masks.load(folder / f"{name}.masks.pt", model) for name in mask_names(config)}
+def _extend(tables: dict[str, list[dict]], more: dict[str, list[dict]]) -> None:
+    for name, rows in more.items():
+        tables.setdefault(name, []).extend(rows)
 
 
-def evaluate(config: ExperimentConfig, pretrained: Path, results_dir: Path) -> dict[str, list[dict]]:
-    """-> {"metrics": [...], "layers": [...], "operations": [...], "histograms": [...]} rows."""
-    model = load_pretrained(config, pretrained)
-    masks = load_masks(config, results_dir, model)
-    sets = validation_sets(config)
-    conditions = {"none": None} | {m: masks[m] for m in masks} | {f"not-{m}": ~masks[m] for m in masks}
-    metrics, operations = [], []
-    for condition, mask in conditions.items():
-        logits = _predictions_under(config, model, mask, sets)
-        for subtask, batch in sets.items():
-            accuracy = correct(logits[subtask], batch.targets).float().mean().item()
-            metrics.append({"mask": condition, "inverted": condition.startswith("not-"), "subtask": subtask,
-                            "accuracy": accuracy})
-            if config.task == "addmul" and subtask != "full" and not condition.startswith("not-"):
-                operations += _operation_rows(condition, subtask, logits[subtask], batch.operands)
-    return {"metrics": metrics, "layers": layer_rows(masks, get_task(config.task).subtasks),
-            "operations": operations, "histograms": histogram_rows(config, results_dir)}
-
-
-def _predictions_under(config, model, mask, sets) -> dict[str, torch.Tensor]:
-    if mask is None:
-        return {s: predict(config, model, b.inputs) for s, b in sets.items()}
-    with applied(model, mask):
-        return {s: predict(config, model, b.inputs) for s, b in sets.items()}
-
-
-def _operation_rows(mask: str, subtask: str, logits: torch.Tensor, operands: torch.Tensor) -> list[dict]:
-    """Fig. 12: share of predictions equal to the sum, the product, or neither."""
-    labels = Counter(operation_performed(numbers_from_logits(logits)[:, 0], operands))
-    total = sum(labels.values())
-    return [{"mask": mask, "subtask": subtask, "operation": op, "fraction": labels.get(op, 0) / total}
-            for op in ("add", "mul", "none")]
-
-
-def layer_rows(masks: dict[str, Masks], subtasks: tuple[str, ...]) -> list[dict]:
-    """Per mask and layer: total weights, kept, and kept ones shared with the other subtasks' masks."""
+def layer_rows(masks: dict[str, Masks], control: str | None) -> list[dict]:
+    """Per mask and layer: total weights, kept, and kept ones shared with the other masks (the
+    control mask, trained on the whole task, is neither compared nor a reference)."""
     rows = []
     for name, mask in masks.items():
-        others = [masks[s] for s in subtasks if s != name]
-        reference = union(others) if name != CONTROL_MASK else None
+        others = [masks[s] for s in masks if s not in (name, control)]
+        reference = union(others) if name != control and others else None
         both = (mask & reference).counts_per_layer() if reference else {}
         for layer, (kept, total) in mask.counts_per_layer().items():
             shared = both[layer][0] if reference else None
@@ -93,23 +68,22 @@ def layer_rows(masks: dict[str, Masks], subtasks: tuple[str, ...]) -> list[dict]
     return rows
 
 
-def histogram_rows(config: ExperimentConfig, results_dir: Path) -> list[dict]:
+def histogram_rows(ctx: TrialContext, mask_names: list[str]) -> list[dict]:
     """Fig. 7: counts of σ(l) in 500 bins on [0, 1] per mask."""
     rows = []
-    for name in mask_names(config):
-        logits = torch.load(trial_dir(config, results_dir) / "masks" / f"{name}.logits.pt", weights_only=True)
+    for name in mask_names:
+        logits = torch.load(mask_files(ctx, name)[1], weights_only=True)
         counts, edges = keep_probability_histogram(logits, HISTOGRAM_BINS)
         rows += [{"mask": name, "bin_left": float(edges[i]), "bin_right": float(edges[i + 1]), "count": int(c)}
                  for i, c in enumerate(counts)]
     return rows
 
 
-def summary_metrics(tables: dict[str, list[dict]], subtasks: tuple[str, ...]) -> dict[str, float]:
+def summary_metrics(tables: dict[str, list[dict]]) -> dict[str, float]:
     """Flat numbers for MLflow: accuracy/<mask>/<subtask>, kept/<mask>, shared_fraction/<mask>."""
-    out = {f"accuracy/{r['mask']}/{r['subtask']}": r["accuracy"] for r in tables["metrics"]}
-    for r in tables["layers"]:
+    out = {f"accuracy/{r['mask']}/{r['subtask']}": r["accuracy"] for r in tables.get("metrics", [])}
+    for r in tables.get("layers", []):
         if r["layer"] == "all":
             out[f"kept/{r['mask']}"] = r["kept"]
             out[f"shared_fraction/{r['mask']}"] = r["shared"] / r["kept"] if r["kept"] else float("nan")
     return out
-

@@ -1,136 +1,111 @@
-"""The paper's arithmetic studies as presets, and how each presents task examples to its model."""
+"""Experiment presets by name, registered by the studies (pipeline/studies/), and the checks that
+run before any work."""
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor, nn
 
-from models.fnn import FNN_SIZES, build_fnn
-from models.lstm import build_lstm
-from pipeline.config import ExperimentConfig, MaskStageConfig, ModelConfig, PretrainConfig
-from tasks.registry import suggest
+from models.registry import build_model, model_family
+from pipeline.config import ExperimentConfig, override
+from tasks.registry import get_task, suggest
 
 
-def _direct(model: nn.Module, inputs: Tensor) -> Tensor:
-    """[B, in] -> [B, out]."""
-    return model(inputs)
+@dataclass(frozen=True)
+class Preset:
+    config: ExperimentConfig
+    smoke: dict = field(default_factory=dict)  # overrides that shrink it to minutes on 2 CPU cores
+    description: str = ""
+    tiny: dict = field(default_factory=dict)  # on top of smoke: a seconds-long run for the contract test
 
 
-def _repeated(steps: int):
-    def present(model: nn.Module, inputs: Tensor) -> Tensor:
-        """The same input for `steps` steps, output read at the last: [B, in] -> [B, out]."""
-        return model(inputs.unsqueeze(1).expand(-1, steps, -1))[:, -1]
+@dataclass(frozen=True)
+class SweepSpec:
+    """experiments × grid (config key -> values) × seeds."""
 
-    return present
-
-
-def _pair_inputs(inputs: Tensor) -> tuple[Tensor, Tensor]:
-    """[B, 80] -> ([B, 80] with pair 2 zeroed, [B, 80] with pair 1 zeroed)."""
-    half = inputs.shape[1] // 2
-    first, second = inputs.clone(), inputs.clone()
-    first[:, half:] = 0
-    second[:, :half] = 0
-    return first, second
+    experiments: tuple[str, ...]
+    grid: dict = field(default_factory=dict)
+    seeds: int = 10
+    smoke_grid: dict | None = None  # replaces `grid` under --smoke
+    description: str = ""
 
 
-def _two_passes(model: nn.Module, inputs: Tensor) -> Tensor:
-    """FNN double addition: one pass per pair, the other zeroed; [B, 80] -> [B, 40].
-
-    Both passes go through one call as [B, 2, 80], so an example sees the same mask sample twice.
-    """
-    outputs = model(torch.stack(_pair_inputs(inputs), 1))  # [B, 2, 40]
-    half = outputs.shape[-1] // 2
-    return torch.cat([outputs[:, 0, :half], outputs[:, 1, half:]], 1)
+EXPERIMENTS: dict[str, Preset] = {}
+SWEEPS: dict[str, SweepSpec] = {}
 
 
-def _sequential_pairs(model: nn.Module, inputs: Tensor) -> Tensor:
-    """LSTM: pair 1 for steps 1-3 (read at 3), then pair 2 for steps 4-6 (read at 6)."""
-    first, second = _pair_inputs(inputs)
-    sequence = torch.cat([first.unsqueeze(1).expand(-1, 3, -1), second.unsqueeze(1).expand(-1, 3, -1)], 1)
-    outputs = model(sequence)  # [B, 6, 40]
-    half = outputs.shape[-1] // 2
-    return torch.cat([outputs[:, 2, :half], outputs[:, 5, half:]], 1)
+def register_experiment(name: str, config: ExperimentConfig, smoke: dict | None = None, description: str = "",
+                        tiny: dict | None = None) -> None:
+    """A preset: the paper's settings, `smoke` overrides for `--smoke`, `tiny` ones for the contract test."""
+    if name in EXPERIMENTS:
+        raise ValueError(f"experiment {name!r} is already registered")
+    override(config, (smoke or {}) | (tiny or {}))  # an override that does not fit fails at import
+    EXPERIMENTS[name] = Preset(dataclasses.replace(config, experiment=name), smoke or {}, description, tiny or {})
 
 
-PRESENTATIONS = {
-    "direct": _direct,
-    "repeat3": _repeated(3),
-    "repeat6": _repeated(6),
-    "two_passes": _two_passes,
-    "sequential_pairs": _sequential_pairs,
-}
+def register_sweep(name: str, spec: SweepSpec) -> None:
+    if name in SWEEPS:
+        raise ValueError(f"sweep {name!r} is already registered")
+    missing = [e for e in spec.experiments if e not in EXPERIMENTS]
+    if missing:
+        raise ValueError(f"sweep {name!r} names unregistered experiments {missing}; register them first")
+    SWEEPS[name] = spec
 
-_BIG_FNN = ModelConfig(kind="fnn", size="big")
-_LSTM = ModelConfig(kind="lstm", lstm_hidden=256)
 
-EXPERIMENTS: dict[str, ExperimentConfig] = {
-    "addmul-fnn": ExperimentConfig("addmul-fnn", "addmul", "direct", model=_BIG_FNN),
-    "addmul-lstm": ExperimentConfig("addmul-lstm", "addmul", "repeat3", model=_LSTM),
-    "double-add-fnn": ExperimentConfig(
-        "double-add-fnn", "double_add", "two_passes", model=_BIG_FNN, mask=MaskStageConfig(beta=4e-4)
-    ),
-    "double-add-lstm": ExperimentConfig("double-add-lstm", "double_add", "repeat6", model=_LSTM),
-    "double-add-lstm-sequential": ExperimentConfig(
-        "double-add-lstm-sequential", "double_add", "sequential_pairs", model=_LSTM
-    ),
-}
+def get_sweep(name: str) -> SweepSpec:
+    _load_studies()
+    if name not in SWEEPS:
+        raise KeyError(f"unknown sweep {name!r}{suggest(name, SWEEPS)}; known sweeps: {', '.join(SWEEPS)}")
+    return SWEEPS[name]
+
+
+def sweep_names() -> list[str]:
+    _load_studies()
+    return list(SWEEPS)
 
 
 def get_experiment(name: str, smoke: bool = False) -> ExperimentConfig:
     """The preset `name`; smoke=True shrinks steps and sizes for a look in a few minutes on CPU."""
+    _load_studies()
     if name not in EXPERIMENTS:
         raise KeyError(f"unknown experiment {name!r}{suggest(name, EXPERIMENTS)}; known: {', '.join(EXPERIMENTS)}")
-    config = EXPERIMENTS[name]
-    if smoke:
-        config = dataclasses.replace(
-            config,
-            eval_size=1024,
-            checkpoint_every=500,
-            model=dataclasses.replace(config.model, size="small", lstm_hidden=64),
-            pretrain=PretrainConfig(steps=5000),
-            mask=dataclasses.replace(config.mask, steps=1500),
-        )
-    return config
+    preset = EXPERIMENTS[name]
+    return override(preset.config, preset.smoke) if smoke else preset.config
 
 
-def hidden_sizes(model: ModelConfig) -> tuple[int, ...]:
-    """"medium" -> (800, 800, 800, 800); "300,200" -> (300, 200)."""
-    if model.size in FNN_SIZES:
-        return FNN_SIZES[model.size]
-    try:
-        sizes = tuple(int(s) for s in model.size.split(","))
-    except ValueError:
-        raise ValueError(
-            f"model.size must be one of {', '.join(FNN_SIZES)} or comma-separated integers, got {model.size!r}"
-        ) from None
-    if not sizes or min(sizes) < 1:
-        raise ValueError(f"model.size needs positive hidden sizes, got {model.size!r}")
-    return sizes
+def experiment_names() -> list[str]:
+    _load_studies()
+    return list(EXPERIMENTS)
 
 
-def build_model(model: ModelConfig, input_size: int, output_size: int) -> nn.Module:
-    if model.kind == "fnn":
-        return build_fnn(input_size, hidden_sizes(model), output_size)
-    if model.kind == "lstm":
-        return build_lstm(input_size, model.lstm_hidden, output_size)
-    raise ValueError(f"model.kind must be 'fnn' or 'lstm', got {model.kind!r}")
+def _load_studies() -> None:
+    import pipeline.studies  # noqa: F401  (registers every study's presets and sweeps)
 
 
-def validate(config: ExperimentConfig) -> None:
-    """Fail before any work on settings that would only fail later."""
-    from tasks import get_task
+def task_of(config: ExperimentConfig):
+    """The trial's task, built from its name, options and data folder."""
+    return get_task(config.task, config.task_options, config.data_dir or None)
 
-    get_task(config.task)
-    if config.presentation not in PRESENTATIONS:
-        raise ValueError(f"unknown presentation {config.presentation!r}{suggest(config.presentation, PRESENTATIONS)}")
-    build_model(config.model, 1, 1) if config.model.kind == "lstm" else hidden_sizes(config.model)
-    if config.model.kind not in ("fnn", "lstm"):
-        raise ValueError(f"model.kind must be 'fnn' or 'lstm', got {config.model.kind!r}")
+
+def validate(config: ExperimentConfig):
+    """Fail before any work on settings that would only fail later. -> the task."""
+    from pipeline.studies import get_study
+
+    if not config.task:
+        raise ValueError("no task: set one with --set task=NAME (see `pipeline list`)")
+    if config.model is None:
+        raise ValueError("no model: set one with --set model.builder=NAME (see `pipeline list`)")
+    get_study(config.study)
+    task = task_of(config)
+    model_family(config.model.builder)
+    with torch.device("meta"):  # builds the architecture without allocating its weights
+        build_model(config.model, task.dims)
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device={config.device!r} but this machine has no CUDA GPU; use device=cpu")
     if config.mask.batch_size % config.mask.num_samples:
         raise ValueError(
             f"mask.batch_size={config.mask.batch_size} is not divisible by mask.num_samples={config.mask.num_samples}"
         )
+    return task

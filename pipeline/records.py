@@ -14,9 +14,6 @@ from models.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
-TABLES = ("metrics", "layers", "operations", "histograms")
-
-
 # -- Parquet ---------------------------------------------------------------------------------------
 def parquet_path(results_dir: Path, table: str, trial: str) -> Path:
     """<results>/parquet/<table>/trial_id=<id>/part-0.parquet: hive-partitioned by trial."""
@@ -41,10 +38,6 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
     """Write to a hidden temp file, then rename: readers never see a half-written file."""
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
-
-
-def tables_written(results_dir: Path, trial: str, tables: list[str]) -> bool:
-    return all(parquet_path(results_dir, t, trial).exists() for t in tables)
 
 
 # -- MLflow ----------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""One trial end to end: pretrain -> masks -> evaluate -> Parquet + MLflow. CLI and Ray call this."""
+"""One trial end to end: the study's stages -> Parquet + MLflow. The CLI and Ray both call this."""
 
 from __future__ import annotations
 
@@ -11,21 +11,12 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline import records
-from pipeline.config import ExperimentConfig, flatten
-from pipeline.evaluate import evaluate, summary_metrics
+from pipeline.config import flatten
+from pipeline.evaluate import summary_metrics
 from pipeline.experiments import validate
-from pipeline.stages import (
-    mask_names,
-    pretrain,
-    pretrain_dir,
-    train_mask,
-    trial_dir,
-    trial_id,
-    write_json_atomic,
-    write_trial_config,
-)
+from pipeline.stages import LAYOUT_VERSION, TrialContext, write_json_atomic
 from pipeline.storage import Storage
-from tasks import get_task
+from pipeline.studies import get_study
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +32,8 @@ class TrialResult:
 
 
 def check_results_dir(results_dir: Path) -> None:
-    """Fail before any work when the output folder cannot be written."""
+    """Fail before any work when the output folder cannot be written or was written by an older
+    version whose trial ids differ (its results would silently sit beside, not match, new ones)."""
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:/", str(results_dir)):
         raise ValueError(f"results directory {str(results_dir)!r} looks like a URI; it must be a local or shared "
                          "(NFS) path — pass the URI as --storage to keep results there as well")
@@ -52,9 +44,24 @@ def check_results_dir(results_dir: Path) -> None:
     except OSError as error:
         raise PermissionError(f"cannot write to the results directory {str(results_dir)!r}: {error.strerror}; "
                               "choose another with --results-dir") from None
+    _check_layout(results_dir)
 
 
-def run_trial(config: ExperimentConfig, results_dir: Path, parent_run_id: str | None = None,
+def _check_layout(results_dir: Path) -> None:
+    marker = results_dir / "LAYOUT"
+    found = int(marker.read_text().strip() or 0) if marker.exists() else None
+    if found is None and any((results_dir / d).exists() for d in ("pretrained", "trials", "parquet")):
+        found = 1
+    if found is not None and found != LAYOUT_VERSION:
+        raise ValueError(
+            f"the results directory {str(results_dir)!r} was written by an older version of this tool (layout "
+            f"{found}, now {LAYOUT_VERSION}: trial ids and pretrained-network keys changed), so its trials would not be "
+            "found again; use a new --results-dir (the old one stays readable by `pipeline analyze`)")
+    if found is None:
+        marker.write_text(f"{LAYOUT_VERSION}\n")
+
+
+def run_trial(config, results_dir: Path, parent_run_id: str | None = None,
               tags: dict | None = None, mlflow_experiment: str | None = None,
               tracking_uri: str | None = None, on_stage: Callable[[str], None] = lambda stage: None,
               storage_uri: str | None = None) -> TrialResult:
@@ -64,53 +71,33 @@ def run_trial(config: ExperimentConfig, results_dir: Path, parent_run_id: str | 
     storage_uri: where finished stages are also kept and looked for (see pipeline.storage), so
     that nodes without a shared filesystem share pretrained networks and finished trials.
     """
-    validate(config)
+    task = validate(config)
     results_dir = Path(results_dir)
     check_results_dir(results_dir)
-    storage = Storage(results_dir, storage_uri)
     uri = tracking_uri or records.tracking_uri(results_dir)
     records.check_tracking(uri)
-    trial = trial_id(config)
-    write_trial_config(config, results_dir)
-    done_marker = trial_dir(config, results_dir) / "recorded.json"
-    if storage.pull(_relative(done_marker, results_dir)):
+    ctx = TrialContext(config, task, results_dir, Storage(results_dir, storage_uri), on_stage)
+    trial = ctx.trial_dir.name
+    config_file = ctx.trial_dir / "config.json"
+    write_json_atomic(flatten(config) | {"task_version": task.version, "trial_id": trial}, config_file)
+    done_marker = ctx.trial_dir / "recorded.json"
+    if ctx.storage.pull(ctx.relative(done_marker)):
         log.info("trial %s already finished; nothing to do", trial)
         recorded = json.loads(done_marker.read_text())
-        return TrialResult(trial, trial_dir(config, results_dir), results_dir / "parquet", uri, recorded["run_id"],
-                           recorded["metrics"])
+        return TrialResult(trial, ctx.trial_dir, results_dir / "parquet", uri, recorded["run_id"], recorded["metrics"])
 
-    network = [_relative(pretrain_dir(config, results_dir) / f, results_dir) for f in ("config.json", "model.pt")]
-    storage.pull(network[-1])
-    pretrained = pretrain(config, results_dir)
-    storage.push(*network)
-    on_stage("pretrain")
-    for name in mask_names(config):
-        mask_files = [_relative(trial_dir(config, results_dir) / "masks" / f"{name}.{kind}.pt", results_dir)
-                      for kind in ("masks", "logits")]
-        storage.pull_all(*mask_files)
-        train_mask(config, name, pretrained, results_dir)
-        storage.push(*mask_files)
-        on_stage(f"mask {name}")
-    tables = evaluate(config, pretrained, results_dir)
+    tables = get_study(config.study)(ctx)
 
-    task = get_task(config.task)
-    context = {"trial_id": trial, "task_version": task.version, **flatten(config)}
-    written = records.write_tables(tables, context, results_dir, trial)
-    metrics = summary_metrics(tables, task.subtasks)
-    run_id = records.log_trial(
-        uri, mlflow_experiment or f"modular/{config.experiment}", trial, flatten(config) | {"task_version": task.version}, metrics,
-        {"experiment": config.experiment, "seed": config.seed, "size": config.model.size, "beta": config.mask.beta,
-         **(tags or {})},
-        [("masks", trial_dir(config, results_dir) / "masks"), ("", trial_dir(config, results_dir) / "config.json"),
-         *[(f"tables/{path.parent.parent.name}", path) for path in written]],
-        parent_run_id, artifact_root=results_dir / "mlartifacts",
-    )
+    params = flatten(config) | {"task_version": task.version}
+    written = records.write_tables(tables, {"trial_id": trial, **params}, results_dir, trial)
+    metrics = summary_metrics(tables)
+    run_tags = {"experiment": config.experiment, "study": config.study, "task": config.task,
+                "model": config.model.builder, "seed": config.seed, "beta": config.mask.beta, **(tags or {})}
+    artifacts = [("", config_file), *[(f"tables/{path.parent.parent.name}", path) for path in written]]
+    if (ctx.trial_dir / "masks").is_dir():
+        artifacts.insert(0, ("masks", ctx.trial_dir / "masks"))
+    run_id = records.log_trial(uri, mlflow_experiment or f"modular/{config.experiment}", trial, params, metrics,
+                               run_tags, artifacts, parent_run_id, artifact_root=results_dir / "mlartifacts")
     write_json_atomic({"run_id": run_id, "metrics": metrics}, done_marker)
-    storage.push(*[_relative(p, results_dir) for p in written], _relative(trial_dir(config, results_dir) / "config.json",
-                 results_dir), _relative(done_marker, results_dir))
-    return TrialResult(trial, trial_dir(config, results_dir), results_dir / "parquet", uri, run_id, metrics)
-
-
-def _relative(path: Path, results_dir: Path) -> str:
-    return path.relative_to(results_dir).as_posix()
-
+    ctx.storage.push(*[ctx.relative(p) for p in written], ctx.relative(config_file), ctx.relative(done_marker))
+    return TrialResult(trial, ctx.trial_dir, results_dir / "parquet", uri, run_id, metrics)

@@ -1,9 +1,15 @@
-"""pretrain -> mask -> evaluate. Stages hand each other files; each resumes from its checkpoint."""
+"""Generic stage components: a resumable step loop, a shared pretrained network, one mask.
+
+A study's recipe (pipeline/studies/) calls these in the order its procedure needs. Stages hand each
+other files; each resumes from its checkpoint. Nothing here knows a task or a model by name: the
+task (tasks.registry.Task) supplies data, loss and scoring, the model registry builds the network.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -11,42 +17,74 @@ import torch
 from filelock import FileLock
 from tqdm.auto import tqdm
 
-from models.masking import MaskConfig, MaskedModel, ParameterFilter, make_optimizer, training_step
 from models.atomic import atomic_path
+from models.masking import MaskConfig, MaskedModel, ParameterFilter, make_optimizer, training_step
 from models.masking.masks import atomic_torch_save
-from pipeline.config import ExperimentConfig, fingerprint, flatten
-from pipeline.experiments import PRESENTATIONS, build_model
-from tasks import get_task
-from tasks.arithmetic import digit_loss
+from models.registry import build_model
+from pipeline.config import LOCATION_KEYS, ExperimentConfig, PretrainConfig, fingerprint, flatten
+from pipeline.storage import Storage
 
 log = logging.getLogger(__name__)
 
-CONTROL_MASK = "full"  # mask trained on the whole task: the check of α (Appendix C.2)
+LAYOUT_VERSION = 2  # of the results folder; bumped when trial ids or pretrain keys change
 
 
 # -- paths -----------------------------------------------------------------------------------------
-def pretrain_key(config: ExperimentConfig) -> str:
+def pretrain_key(config: ExperimentConfig, task_version: int, split: str) -> str:
     """Everything that decides the pretrained weights, and nothing else."""
-    values = {k: v for k, v in flatten(config).items() if k.split(".")[0] in ("task", "presentation", "model", "pretrain", "seed")}
-    values["task_version"] = get_task(config.task).version
-    return fingerprint(values)
+    sections = ("task", "task_options", "model", "pretrain", "seed")
+    values = {k: v for k, v in flatten(config).items() if k.split(".")[0] in sections}
+    return fingerprint(values | {"task_version": task_version, "split": split})
 
 
-def trial_id(config: ExperimentConfig) -> str:
-    return f"{config.experiment}-s{config.seed}-{fingerprint(flatten(config) | {'task_version': get_task(config.task).version})}"
-
-
-def pretrain_dir(config: ExperimentConfig, results_dir: Path) -> Path:
-    return results_dir / "pretrained" / pretrain_key(config)
-
-
-def trial_dir(config: ExperimentConfig, results_dir: Path) -> Path:
-    return results_dir / "trials" / trial_id(config)
+def trial_id(config: ExperimentConfig, task_version: int) -> str:
+    values = {k: v for k, v in flatten(config).items() if k not in LOCATION_KEYS}
+    return f"{config.experiment}-s{config.seed}-{fingerprint(values | {'task_version': task_version})}"
 
 
 def write_json_atomic(data: dict, path: Path) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+# -- the trial's context -----------------------------------------------------------------------------
+@dataclass
+class TrialContext:
+    """What a recipe needs besides its config: the task, where files go, and whom to tell.
+
+    on_stage(name) is called after each finished stage (a sweep reports it to Tune);
+    log_metrics(stage, step, metrics) receives training curves (MLflow, when recorded).
+    """
+
+    config: ExperimentConfig
+    task: object
+    results_dir: Path
+    storage: Storage
+    on_stage: Callable[[str], None] = lambda stage: None
+    log_metrics: Callable[[str, int, dict], None] = lambda stage, step, metrics: None
+    stages_done: list = field(default_factory=list)
+
+    @property
+    def trial_dir(self) -> Path:
+        return self.results_dir / "trials" / trial_id(self.config, self.task.version)
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.config.device)
+
+    def relative(self, path: Path) -> str:
+        return path.relative_to(self.results_dir).as_posix()
+
+    def stage(self, name: str, files: list[Path], produce: Callable[[], None]) -> None:
+        """Run `produce` unless its files exist here or in storage; files[-1] marks the stage finished
+        (produce writes it last), and the files are pushed to storage afterwards."""
+        relatives = [self.relative(f) for f in files]
+        self.storage.pull_all(*relatives)
+        if not files[-1].exists():
+            produce()
+        self.storage.push(*relatives)
+        self.stages_done.append(name)
+        self.on_stage(name)
 
 
 # -- a resumable loop ------------------------------------------------------------------------------
@@ -74,96 +112,126 @@ def run_resumable(
                 atomic_torch_save(payload | {"step": i + 1, "torch_rng": torch.get_rng_state()}, checkpoint)
 
 
-# -- stages ----------------------------------------------------------------------------------------
-def pretrain(config: ExperimentConfig, results_dir: Path) -> Path:
-    """Train the network on the full task; reuse a finished one with the same key. -> model.pt"""
-    folder = pretrain_dir(config, results_dir)
+def learning_rate_schedule(optimizer, warmup_steps: int = 0, decay_steps: tuple[int, ...] = ()):
+    """LambdaLR: linear warm-up from 0 over warmup_steps, then ÷10 at each of decay_steps."""
+
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+        return warm * 0.1 ** sum(step >= s for s in decay_steps)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# -- pretraining -------------------------------------------------------------------------------------
+def pretrained_network(ctx: TrialContext, split: str | None = None) -> Path:
+    """The network trained on `split` (default: the task's pretraining split), trained once and shared
+    by every trial with the same key, also across nodes through storage. -> model.pt"""
+    split = split or ctx.task.pretrain_split
+    folder = ctx.results_dir / "pretrained" / pretrain_key(ctx.config, ctx.task.version, split)
     final = folder / "model.pt"
-    if final.exists():
-        log.info("pretrained network found: %s", final)
-        return final
-    folder.mkdir(parents=True, exist_ok=True)
-    # Concurrent trials of a sweep that share this network wait for one of them to train it.
-    with FileLock(folder / ".lock"):
-        if not final.exists():
-            _pretrain(config, folder, final)
+    files = [ctx.relative(folder / "config.json"), ctx.relative(final)]
+    ctx.storage.pull(files[-1])
+    if not final.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        # Concurrent trials of a sweep that share this network wait for one of them to train it.
+        with FileLock(folder / ".lock"):
+            if not final.exists():
+                train_network(ctx, split, folder, final)
+    ctx.storage.push(*files)
+    name = "pretrain" if split == ctx.task.pretrain_split else f"pretrain {split}"
+    ctx.stages_done.append(name)
+    ctx.on_stage(name)
     return final
 
 
-def _pretrain(config: ExperimentConfig, folder: Path, final: Path) -> None:
-    task, device = get_task(config.task), torch.device(config.device)
+def train_network(ctx: TrialContext, split: str, folder: Path, final: Path) -> None:
+    config, task, device = ctx.config, ctx.task, ctx.device
     torch.manual_seed(config.seed)
-    model = build_model(config.model, task.input_size, task.output_size).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.pretrain.lr)
+    model = build_model(config.model, task.dims).to(device)
+    optimizer = make_weight_optimizer(config.pretrain, model.parameters())
+    schedule = learning_rate_schedule(optimizer, config.pretrain.warmup_steps, config.pretrain.lr_decay_steps)
     generator = torch.Generator(device).manual_seed(config.seed)
-    present = PRESENTATIONS[config.presentation]
+    name = "pretrain" if split == task.pretrain_split else f"pretrain {split}"
 
     def step():
-        batch = task.sample(config.pretrain.batch_size, "full", generator, device)
+        batch = task.sample(split, config.pretrain.batch_size, generator, device)
         optimizer.zero_grad(set_to_none=True)
-        digit_loss(present(model, batch.inputs), batch.targets).backward()
+        task.loss(model, batch).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.pretrain.clip)
         optimizer.step()
+        schedule.step()
 
-    state = {"model": model, "optimizer": optimizer, "generator": generator}
-    run_resumable(step, state, config.pretrain.steps, folder / "checkpoint.pt", config.checkpoint_every, "pretrain")
-    write_json_atomic(flatten(config), folder / "config.json")
+    state = {"model": model, "optimizer": optimizer, "schedule": schedule, "generator": generator}
+    run_resumable(step, state, config.pretrain.steps, folder / "checkpoint.pt", config.checkpoint_every, name)
+    write_json_atomic(flatten(config) | {"split": split}, folder / "config.json")
     atomic_torch_save(model.state_dict(), final)
     (folder / "checkpoint.pt").unlink(missing_ok=True)
 
 
-def load_pretrained(config: ExperimentConfig, path: Path) -> torch.nn.Module:
-    task = get_task(config.task)
-    model = build_model(config.model, task.input_size, task.output_size)
-    model.load_state_dict(torch.load(path, weights_only=True))
-    return model.to(config.device).eval()
+def make_weight_optimizer(settings: PretrainConfig, parameters) -> torch.optim.Optimizer:
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=settings.lr, momentum=0.9, weight_decay=settings.weight_decay)
+    return torch.optim.Adam(parameters, lr=settings.lr, eps=settings.adam_eps, betas=(0.9, settings.adam_beta2),
+                            weight_decay=settings.weight_decay)
 
 
-def mask_names(config: ExperimentConfig) -> list[str]:
-    return [*get_task(config.task).subtasks, CONTROL_MASK]
+def load_network(ctx: TrialContext, path: Path) -> torch.nn.Module:
+    """The saved network in eval mode (no dropout, BatchNorm uses its running statistics)."""
+    model = build_model(ctx.config.model, ctx.task.dims)
+    model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
+    return model.to(ctx.device).eval()
 
 
-def train_mask(config: ExperimentConfig, subtask: str, pretrained: Path, results_dir: Path) -> Path:
-    """Train one mask on `subtask` over the frozen network. -> <trial>/masks/<subtask>.logits.pt"""
-    folder = trial_dir(config, results_dir) / "masks"
-    final = folder / f"{subtask}.logits.pt"
-    if final.exists():
-        return final
-    folder.mkdir(parents=True, exist_ok=True)
-    task, device = get_task(config.task), torch.device(config.device)
-    seed = config.seed * 1000 + 1 + mask_names(config).index(subtask)
+# -- masks -------------------------------------------------------------------------------------------
+def mask_files(ctx: TrialContext, name: str) -> tuple[Path, Path]:
+    """(<trial>/masks/<name>.masks.pt, <name>.logits.pt); the logits file marks the mask finished."""
+    folder = ctx.trial_dir / "masks"
+    return folder / f"{name}.masks.pt", folder / f"{name}.logits.pt"
+
+
+def mask_seed(ctx: TrialContext, name: str) -> int:
+    return ctx.config.seed * 1000 + 1 + list(ctx.task.mask_splits).index(name)
+
+
+def train_mask(ctx: TrialContext, name: str, split: str, network: Path,
+               prepare: Callable[[MaskedModel], None] = lambda masked: None) -> Path:
+    """Stage "mask <name>": one mask trained on `split` over the frozen network. -> logits file.
+
+    prepare(masked) runs before training (e.g. to fix some logits); it must be deterministic.
+    """
+    masks_file, logits_file = mask_files(ctx, name)
+    ctx.stage(f"mask {name}", [masks_file, logits_file], lambda: _train_mask(ctx, name, split, network, prepare))
+    return logits_file
+
+
+def _train_mask(ctx: TrialContext, name: str, split: str, network: Path, prepare) -> None:
+    config, task, device = ctx.config, ctx.task, ctx.device
+    masks_file, logits_file = mask_files(ctx, name)
+    seed = mask_seed(ctx, name)
     torch.manual_seed(seed)
-    masked = make_masked_model(config, load_pretrained(config, pretrained))
+    masked = make_masked_model(config, load_network(ctx, network))
+    prepare(masked)
     optimizer = make_optimizer(masked, mask_lr=config.mask.lr)
+    schedule = learning_rate_schedule(optimizer, config.mask.warmup_steps)
     generator = torch.Generator(device).manual_seed(seed)
-    present = PRESENTATIONS[config.presentation]
 
     def task_loss():
-        batch = task.sample(config.mask.batch_size, subtask, generator, device)
-        return digit_loss(present(masked, batch.inputs), batch.targets)
+        return task.loss(masked, task.sample(split, config.mask.batch_size, generator, device))
 
     def step():
-        training_step(masked, optimizer, task_loss)
+        training_step(masked, optimizer, task_loss, clip=config.mask.clip)
+        schedule.step()
 
-    state = {"logits": masked.logits, "optimizer": optimizer, "generator": generator}
-    run_resumable(step, state, config.mask.steps, folder / f"{subtask}.checkpoint.pt", config.checkpoint_every,
-                  f"mask {subtask}")
-    masked.deterministic_masks().save(folder / f"{subtask}.masks.pt")
-    # the logits file marks the stage finished, so it is written last
-    atomic_torch_save({n: l.detach().cpu() for n, l in masked.logits_by_name().items()}, final)
-    (folder / f"{subtask}.checkpoint.pt").unlink(missing_ok=True)
-    return final
+    state = {"logits": masked.logits, "optimizer": optimizer, "schedule": schedule, "generator": generator}
+    checkpoint = logits_file.with_name(f"{name}.checkpoint.pt")
+    logits_file.parent.mkdir(parents=True, exist_ok=True)
+    run_resumable(step, state, config.mask.steps, checkpoint, config.checkpoint_every, f"mask {name}")
+    masked.deterministic_masks().save(masks_file)
+    atomic_torch_save({n: l.detach().cpu() for n, l in masked.logits_by_name().items()}, logits_file)
+    checkpoint.unlink(missing_ok=True)
 
 
-def make_masked_model(config: ExperimentConfig, model: torch.nn.Module) -> MaskedModel:
+def make_masked_model(config: ExperimentConfig, model: torch.nn.Module, **options) -> MaskedModel:
     mask_config = MaskConfig.from_beta(config.mask.beta, config.mask.batch_size, num_samples=config.mask.num_samples)
-    return MaskedModel(model, mask_config, ParameterFilter(biases=config.mask.mask_biases), fused=config.mask.fused)
-
-
-def write_trial_config(config: ExperimentConfig, results_dir: Path) -> Path:
-    folder = trial_dir(config, results_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "config.json"
-    write_json_atomic(flatten(config) | {"task_version": get_task(config.task).version, "trial_id": trial_id(config)},
-                      path)
-    return path
+    parameter_filter = ParameterFilter(biases=config.mask.mask_biases, embeddings=config.mask.mask_embeddings)
+    return MaskedModel(model, mask_config, parameter_filter, fused=config.mask.fused, **options)

@@ -14,58 +14,20 @@ import os
 import socket
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from pipeline import records
 from pipeline.config import override
-from pipeline.experiments import get_experiment, validate
+from pipeline.experiments import SweepSpec, get_experiment, get_sweep, task_of, validate
 from pipeline.run import check_results_dir, run_trial
-from pipeline.stages import trial_dir
+from pipeline.stages import trial_id
 from pipeline.storage import Storage
-from tasks.registry import suggest
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class SweepSpec:
-    """experiments × grid (config key -> values) × seeds."""
-
-    experiments: tuple[str, ...]
-    grid: dict = field(default_factory=dict)
-    seeds: int = 10
-    smoke_grid: dict | None = None  # replaces `grid` under --smoke
-    description: str = ""
-
-
 SMOKE_SEEDS = 2  # --smoke runs 2 seeds unless --seeds says otherwise
-
-SWEEPS: dict[str, SweepSpec] = {
-    "sharing-vs-capacity": SweepSpec(
-        ("addmul-fnn",), {"model.size": ["small", "medium", "big", "huge"]},
-        smoke_grid={"model.size": ["small", "400,400,400,400"]},
-        description="Fig. 9: sharing of add/mul against FNN size",
-    ),
-    "alpha-sensitivity": SweepSpec(
-        ("addmul-fnn",),
-        {"model.size": ["medium", "big"], "mask.beta": [float(f"{b:.3g}") for b in np.logspace(-5, -3, 26)]},
-        smoke_grid={"model.size": ["small"], "mask.beta": [1e-5, 1e-4, 1e-3]},
-        description="Fig. 8: accuracy and sharing against β",
-    ),
-    "addmul": SweepSpec(("addmul-fnn", "addmul-lstm"), description="Figs. 1, 10-12"),
-    "double-add": SweepSpec(
-        ("double-add-fnn", "double-add-lstm", "double-add-lstm-sequential"), description="Figs. 2, 13, 14"
-    ),
-}
-
-
-def get_sweep(name: str) -> SweepSpec:
-    if name not in SWEEPS:
-        raise KeyError(f"unknown sweep {name!r}{suggest(name, SWEEPS)}; known sweeps: {', '.join(SWEEPS)}")
-    return SWEEPS[name]
 
 
 def param_space(spec: SweepSpec, seeds: int, smoke: bool, overrides: dict) -> dict:
@@ -101,6 +63,7 @@ def sweep_trial(trial_config: dict) -> None:
     config = override(config, {k: str(v) for k, v in (keys | trial_config["fixed_overrides"]).items()})
     config = dataclasses.replace(config, seed=int(trial_config["seed"]), sweep=context["sweep"])
     results_dir = Path(context["results_dir"])
+    version = task_of(config).version
     attempt = _count_attempt(results_dir, config)
     if context.get("fail_first_attempt") and attempt == 1:
         raise RuntimeError("injected failure on the first attempt (fault-injection test)")
@@ -116,7 +79,7 @@ def sweep_trial(trial_config: dict) -> None:
         # keyed by trial id; the Tune checkpoint records which stage finished and where they are.
         stages.append(stage)
         with tempfile.TemporaryDirectory() as folder:
-            marker = {"stage": stage, "trial_dir": str(trial_dir(config, results_dir))}
+            marker = {"stage": stage, "trial_dir": str(results_dir / "trials" / trial_id(config, version))}
             (Path(folder) / "stage.json").write_text(json.dumps(marker))
             tune.report({"done": 0, "stage": stage, "stages_done": len(stages), "attempts": attempt},
                         checkpoint=tune.Checkpoint.from_directory(folder))
@@ -131,7 +94,7 @@ def sweep_trial(trial_config: dict) -> None:
 
 def _count_attempt(results_dir: Path, config) -> int:
     """Attempts of this trial so far, kept beside its files (for the retried count of the summary)."""
-    folder = trial_dir(config, results_dir)
+    folder = results_dir / "trials" / trial_id(config, task_of(config).version)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "attempts"
     count = int(path.read_text()) + 1 if path.exists() else 1
@@ -253,4 +216,4 @@ def summary_lines(summary: SweepSummary) -> list[str]:
     ]
 
 
-__all__ = ["SWEEPS", "get_sweep", "run_sweep", "summary_lines"]
+__all__ = ["get_sweep", "run_sweep", "summary_lines"]

@@ -1,8 +1,11 @@
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @pytest.fixture(autouse=True)
@@ -12,3 +15,11 @@ def seed():
     np.random.seed(0)
     torch.manual_seed(0)
     return 0
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The offline datasets beside the checkout (SCAN, MNIST, Mathematics Dataset sample)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"the shared datasets are not at {SHARED_DATA}")
+    return SHARED_DATA

@@ -3,9 +3,11 @@ import dataclasses
 import pytest
 import torch
 
+from models.registry import build_model
 from pipeline.config import ExperimentConfig, flatten, override, parse_assignments
-from pipeline.experiments import EXPERIMENTS, PRESENTATIONS, build_model, get_experiment, validate
+from pipeline.experiments import get_experiment, validate
 from tasks import get_task
+from tasks.arithmetic import PRESENTATIONS
 
 
 def test_override_sets_nested_keys_with_types():
@@ -42,29 +44,37 @@ def test_unknown_experiment_suggests_nearest():
         get_experiment("addmul-fn")
 
 
-@pytest.mark.parametrize("name", list(EXPERIMENTS))
-@pytest.mark.parametrize("smoke", [False, True])
-def test_every_experiment_preset_builds_and_presents(name, smoke):
-    """Contract over every preset: valid, its model builds, and its presentation gives [B, out]."""
-    config = get_experiment(name, smoke=smoke)
-    validate(config)
-    assert set(flatten(config)) == set(flatten(ExperimentConfig()))
-    task = get_task(config.task)
-    if not smoke and config.model.kind == "fnn":
-        config = dataclasses.replace(config, model=dataclasses.replace(config.model, size="8,8"))
-    model = build_model(config.model, task.input_size, task.output_size)
-    batch = task.sample(4, "full", torch.Generator().manual_seed(0))
-    torch.manual_seed(0)
-    out = PRESENTATIONS[config.presentation](model, batch.inputs)
-    assert out.shape == (4, task.output_size)
+def test_switching_model_family_resets_its_settings_and_rejects_the_old_keys():
+    config = override(get_experiment("addmul-fnn"), {"model.builder": "lstm", "model.hidden": "32"})
+    assert config.model.builder == "lstm" and config.model.hidden == 32
+    assert "model.size" not in flatten(config)
+    with pytest.raises(KeyError, match="unknown config key 'model.size'"):
+        override(get_experiment("addmul-fnn"), {"model.builder": "lstm", "model.size": "small"})
+    with pytest.raises(KeyError, match="did you mean 'lstm'"):
+        override(get_experiment("addmul-fnn"), {"model.builder": "lstn"})
+
+
+def test_switching_task_resets_task_options():
+    config = override(get_experiment("addmul-lstm"), {"task": "double_add"})
+    assert config.task == "double_add" and config.task_options.presentation == "direct"
+    with pytest.raises(ValueError, match="unknown presentation 'diret'.*did you mean 'direct'"):
+        validate(override(config, {"task_options.presentation": "diret"}))
+
+
+def test_tuple_settings_parse_from_comma_separated_text():
+    config = override(ExperimentConfig(), {"pretrain.lr_decay_steps": "32000, 48000"})
+    assert config.pretrain.lr_decay_steps == (32000, 48000)
+    assert override(config, {"pretrain.lr_decay_steps": ""}).pretrain.lr_decay_steps == ()
+    with pytest.raises(TypeError, match="comma-separated int"):
+        override(config, {"pretrain.lr_decay_steps": "1,x"})
 
 
 def _outputs_with_pair2_changed(experiment: str, presentation: str):
     """(model, inputs, outputs, outputs after pair 2 of every example is replaced)."""
     task = get_task("double_add")
     torch.manual_seed(0)
-    model = build_model(get_experiment(experiment, smoke=True).model, task.input_size, task.output_size)
-    inputs = task.sample(4, "full", torch.Generator().manual_seed(0)).inputs
+    model = build_model(get_experiment(experiment, smoke=True).model, task.dims)
+    inputs = task.sample("full", 4, torch.Generator().manual_seed(0)).inputs
     changed = inputs.clone()
     changed[:, 40:] = torch.roll(changed[:, 40:], 1, 0)
     return model, inputs, PRESENTATIONS[presentation](model, inputs), PRESENTATIONS[presentation](model, changed)
@@ -87,7 +97,9 @@ def test_two_passes_zero_the_other_pair():
 
 def test_indivisible_mask_batch_and_missing_gpu_fail_before_any_work():
     with pytest.raises(ValueError, match="not divisible by mask.num_samples=3"):
-        validate(override(ExperimentConfig(), {"mask.num_samples": "3"}))
+        validate(override(get_experiment("addmul-fnn"), {"mask.num_samples": "3"}))
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
-            validate(override(ExperimentConfig(), {"device": "cuda"}))
+            validate(override(get_experiment("addmul-fnn"), {"device": "cuda"}))
+    with pytest.raises(ValueError, match="no task"):
+        validate(ExperimentConfig())

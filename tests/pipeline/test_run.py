@@ -12,12 +12,14 @@ from pipeline.config import override
 from pipeline.experiments import get_experiment
 from pipeline.run import run_trial
 
-TINY = {"pretrain.steps": "60", "mask.steps": "30", "eval_size": "64", "model.size": "16",
-        "checkpoint_every": "10", "mask.fused": "false"}
+TINY = {"pretrain.steps": "60", "mask.steps": "30", "eval_size": "64", "checkpoint_every": "10",
+        "mask.fused": "false"}
+TINY_MODEL = {"fnn": {"model.size": "16"}, "lstm": {"model.hidden": "16"}}
 
 
 def tiny(name="addmul-fnn", **extra):
-    return override(get_experiment(name, smoke=True), TINY | extra)
+    config = get_experiment(name, smoke=True)
+    return override(config, TINY | TINY_MODEL[config.model.builder] | extra)
 
 
 @pytest.fixture(autouse=True)
@@ -59,15 +61,19 @@ def test_concurrent_trials_sharing_a_network_pretrain_it_once(tmp_path, monkeypa
     import threading
 
     calls = []
-    real = pipeline.stages._pretrain
+    real = pipeline.stages.train_network
 
     def counting(*args):
         calls.append(1)
         return real(*args)
 
-    monkeypatch.setattr(pipeline.stages, "_pretrain", counting)
-    threads = [threading.Thread(target=pipeline.stages.pretrain, args=(tiny(**{"mask.beta": b}), tmp_path))
-               for b in ("1e-4", "2e-4", "3e-4")]
+    monkeypatch.setattr(pipeline.stages, "train_network", counting)
+    from pipeline.experiments import task_of
+    from pipeline.storage import Storage
+
+    contexts = [pipeline.stages.TrialContext(config, task_of(config), tmp_path, Storage(tmp_path))
+                for config in (tiny(**{"mask.beta": b}) for b in ("1e-4", "2e-4", "3e-4"))]
+    threads = [threading.Thread(target=pipeline.stages.pretrained_network, args=(ctx,)) for ctx in contexts]
     for t in threads:
         t.start()
     for t in threads:
@@ -178,7 +184,7 @@ def test_storage_uri_shares_finished_stages_between_machines(tmp_path, monkeypat
     def no_pretraining(*args):
         raise AssertionError("node b pretrained although storage had the network")
 
-    monkeypatch.setattr(pipeline.stages, "_pretrain", no_pretraining)
+    monkeypatch.setattr(pipeline.stages, "train_network", no_pretraining)
     run_trial(tiny(**{"mask.beta": "1e-3"}), tmp_path / "node-b", storage_uri=storage)
     same = run_trial(tiny(), tmp_path / "node-b", storage_uri=storage)  # finished on node a: pulled, not rerun
     assert same.trial_id == first.trial_id and not (tmp_path / "node-b" / "trials" / first.trial_id / "masks").exists()

@@ -1,0 +1,100 @@
+"""Model families by name: one builder each, with its own typed, frozen settings.
+
+A family is registered with `@register_model("name", Settings)` on its builder. The builder is
+called as `builder(**dims, **settings)`, where `dims` are the sizes a task provides (input_size,
+output_size, vocabularies, ...). A builder given as an import path ("mypkg.nets:build") is a
+family too: its settings are its keyword parameters that have defaults and annotations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    name: str
+    builder: Callable[..., nn.Module]
+    settings: type  # a frozen dataclass whose first field is `builder`
+    dims: tuple[str, ...]  # the task sizes the builder takes
+
+
+_FAMILIES: dict[str, ModelFamily] = {}
+
+
+def register_model(name: str, settings: type):
+    """Decorator on a builder `build(*dims, **settings)`; duplicate names are an error."""
+
+    def decorate(builder):
+        if name in _FAMILIES:
+            raise ValueError(f"model family {name!r} is already registered (by {_FAMILIES[name].builder.__module__})")
+        fields = {f.name for f in dataclasses.fields(settings)}
+        if "builder" not in fields:
+            raise TypeError(f"settings of model family {name!r} need a `builder` field")
+        dims = tuple(p for p in inspect.signature(builder).parameters if p not in fields)
+        _FAMILIES[name] = ModelFamily(name, builder, settings, dims)
+        return builder
+
+    return decorate
+
+
+def model_family(name: str) -> ModelFamily:
+    """The registered family `name`, or the builder at import path "package.module:function"."""
+    if ":" in name:
+        return _family_from_path(name)
+    if name not in _FAMILIES:
+        close = difflib.get_close_matches(name, list(_FAMILIES), n=1, cutoff=0.5)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise KeyError(f"unknown model builder {name!r}{hint}; registered: {', '.join(sorted(_FAMILIES))}, "
+                       "or give an import path like mypkg.nets:build")
+    return _FAMILIES[name]
+
+
+def model_families() -> dict[str, ModelFamily]:
+    return dict(sorted(_FAMILIES.items()))
+
+
+def default_settings(name: str):
+    """The family's settings with every default, e.g. FNNSettings(builder="fnn", size="small")."""
+    family = model_family(name)
+    return family.settings(builder=name)
+
+
+def build_model(settings, dims: dict[str, int]) -> nn.Module:
+    """Build the model `settings` describes for a task that provides `dims`."""
+    family = model_family(settings.builder)
+    missing = [d for d in family.dims if d not in dims]
+    if missing:
+        raise ValueError(f"model builder {settings.builder!r} needs {', '.join(family.dims)}, but the task provides "
+                         f"{', '.join(dims) or 'none'}; choose a model family that fits the task")
+    values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if f.name != "builder"}
+    return family.builder(**{d: dims[d] for d in family.dims}, **values)
+
+
+def _family_from_path(path: str) -> ModelFamily:
+    module_name, _, attribute = path.partition(":")
+    try:
+        builder = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise KeyError(f"cannot import model builder {path!r}: {error}") from None
+    parameters = inspect.signature(builder).parameters.values()
+    settings_fields = [("builder", str, dataclasses.field(default=path))]
+    dims = []
+    for p in parameters:
+        if p.default is inspect.Parameter.empty:
+            dims.append(p.name)
+        elif p.annotation in (int, float, str, bool, "int", "float", "str", "bool"):
+            kind = {"int": int, "float": float, "str": str, "bool": bool}.get(p.annotation, p.annotation)
+            settings_fields.append((p.name, kind, dataclasses.field(default=p.default)))
+        else:
+            raise TypeError(f"model builder {path}: keyword parameter {p.name!r} needs an int, float, str or bool "
+                            "annotation to be a setting")
+    settings = dataclasses.make_dataclass(f"{attribute}_settings", settings_fields, frozen=True)
+    return ModelFamily(path, builder, settings, tuple(dims))

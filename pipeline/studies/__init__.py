@@ -1,0 +1,40 @@
+"""Studies: one file each, with its presets, its sweeps and (where it has its own) its recipe.
+
+A recipe is a function TrialContext -> {table name: rows} that calls the generic components of
+pipeline.stages and pipeline.evaluate in the order the paper's procedure needs. These files are
+the only ones under pipeline/ that name tasks and model families. A new study is a new file here
+plus its line in the import below.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from tasks.registry import suggest
+
+_RECIPES: dict[str, Callable] = {}
+
+
+def register_study(name: str):
+    """Decorator on a recipe `recipe(ctx: TrialContext) -> dict[str, list[dict]]`."""
+
+    def decorate(recipe):
+        if name in _RECIPES:
+            raise ValueError(f"study {name!r} is already registered (by {_RECIPES[name].__module__})")
+        _RECIPES[name] = recipe
+        return recipe
+
+    return decorate
+
+
+def get_study(name: str) -> Callable:
+    if name not in _RECIPES:
+        raise KeyError(f"unknown study {name!r}{suggest(name, _RECIPES)}; known studies: {', '.join(sorted(_RECIPES))}")
+    return _RECIPES[name]
+
+
+def study_names() -> list[str]:
+    return sorted(_RECIPES)
+
+
+from pipeline.studies import arithmetic, masks  # noqa: E402,F401  (registration)

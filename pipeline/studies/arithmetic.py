@@ -1,0 +1,50 @@
+"""Sections 3.1-3.2: addition/multiplication and double addition, FNN and LSTM (Appendix C.3-C.4)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from models.fnn import FNNSettings
+from models.lstm import LSTMSettings
+from pipeline.config import ExperimentConfig, MaskStageConfig
+from pipeline.experiments import SweepSpec, register_experiment, register_sweep
+from tasks.arithmetic import ArithmeticOptions
+
+_BIG_FNN = FNNSettings(size="big")
+_LSTM = LSTMSettings(hidden=256)
+_COMMON_SMOKE = {"eval_size": 1024, "checkpoint_every": 500, "pretrain.steps": 5000, "mask.steps": 1500}
+_FNN_SMOKE = _COMMON_SMOKE | {"model.size": "small"}
+_LSTM_SMOKE = _COMMON_SMOKE | {"model.hidden": 64}
+_FNN_TINY, _LSTM_TINY = {"model.size": "16"}, {"model.hidden": 16}
+
+
+def _arithmetic(task: str, presentation: str, model, **fields) -> ExperimentConfig:
+    return ExperimentConfig(task=task, task_options=ArithmeticOptions(presentation), model=model, **fields)
+
+
+register_experiment("addmul-fnn", _arithmetic("addmul", "direct", _BIG_FNN), _FNN_SMOKE,
+                    "Section 3.1: add/mul mod 100 with shared inputs and outputs, FNN", _FNN_TINY)
+register_experiment("addmul-lstm", _arithmetic("addmul", "repeat3", _LSTM), _LSTM_SMOKE,
+                    "Section 3.1: add/mul, LSTM reading the input for 3 steps", _LSTM_TINY)
+register_experiment("double-add-fnn",
+                    _arithmetic("double_add", "two_passes", _BIG_FNN, mask=MaskStageConfig(beta=4e-4)), _FNN_SMOKE,
+                    "Section 3.2: two additions on separate inputs and outputs, FNN", _FNN_TINY)
+register_experiment("double-add-lstm", _arithmetic("double_add", "repeat6", _LSTM), _LSTM_SMOKE,
+                    "Section 3.2: double addition, LSTM seeing both pairs for 6 steps", _LSTM_TINY)
+register_experiment("double-add-lstm-sequential", _arithmetic("double_add", "sequential_pairs", _LSTM), _LSTM_SMOKE,
+                    "Section 3.2: double addition, LSTM seeing pair 1 then pair 2", _LSTM_TINY)
+
+register_sweep("sharing-vs-capacity", SweepSpec(
+    ("addmul-fnn",), {"model.size": ["small", "medium", "big", "huge"]},
+    smoke_grid={"model.size": ["small", "400,400,400,400"]},
+    description="Fig. 9: sharing of add/mul against FNN size",
+))
+register_sweep("alpha-sensitivity", SweepSpec(
+    ("addmul-fnn",),
+    {"model.size": ["medium", "big"], "mask.beta": [float(f"{b:.3g}") for b in np.logspace(-5, -3, 26)]},
+    smoke_grid={"model.size": ["small"], "mask.beta": [1e-5, 1e-4, 1e-3]},
+    description="Fig. 8: accuracy and sharing against β",
+))
+register_sweep("addmul", SweepSpec(("addmul-fnn", "addmul-lstm"), description="Figs. 1, 10-12"))
+register_sweep("double-add", SweepSpec(
+    ("double-add-fnn", "double-add-lstm", "double-add-lstm-sequential"), description="Figs. 2, 13, 14"))
