@@ -18,7 +18,7 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 
 from models.atomic import atomic_path
-from models.masking import MaskConfig, MaskedModel, ParameterFilter, make_optimizer, training_step
+from models.masking import MaskConfig, MaskedModel, ParameterFilter, applied, make_optimizer, training_step
 from models.masking.masks import atomic_torch_save
 from models.registry import build_model
 from pipeline.config import LOCATION_KEYS, ExperimentConfig, PretrainConfig, fingerprint, flatten
@@ -27,6 +27,8 @@ from pipeline.storage import Storage
 log = logging.getLogger(__name__)
 
 LAYOUT_VERSION = 2  # of the results folder; bumped when trial ids or pretrain keys change
+VALIDATE_EVERY = 10  # validation accuracy on the curves every VALIDATE_EVERY * log_every steps
+VALIDATION_SIZE = 256  # examples in the curves' validation set
 
 
 # -- paths -----------------------------------------------------------------------------------------
@@ -89,11 +91,14 @@ class TrialContext:
 
 # -- a resumable loop ------------------------------------------------------------------------------
 def run_resumable(
-    step: Callable[[], None], state: dict, total_steps: int, checkpoint: Path, every: int, description: str
+    step: Callable[[], dict | None], state: dict, total_steps: int, checkpoint: Path, every: int, description: str,
+    report: Callable[[int, dict], None] | None = None, report_every: int = 100,
 ) -> None:
     """Call `step` until total_steps, saving `state` (objects with state_dict) every `every` steps.
 
     state also gets the data generator and torch's RNG so that a resumed run draws the same data.
+    step() may return {name: scalar tensor}; every `report_every` steps report(step, means) gets
+    their means over those steps (read from the tensors only then, so steps do not wait on them).
     """
     done = 0
     if checkpoint.exists():
@@ -103,10 +108,17 @@ def run_resumable(
         torch.set_rng_state(saved["torch_rng"])
         done = saved["step"]
         log.info("%s: resuming at step %d from %s", description, done, checkpoint)
+    sums: dict = {}
     with tqdm(total=total_steps, initial=done, desc=description, unit="step", mininterval=1.0) as bar:
         for i in range(done, total_steps):
-            step()
+            values = step() or {}
+            for name, value in values.items():
+                sums[name] = sums.get(name, 0.0) + value.detach()
             bar.update(1)
+            if report and ((i + 1) % report_every == 0 or i + 1 == total_steps) and sums:
+                count = (i + 1) % report_every or report_every
+                report(i + 1, {name: float(total) / count for name, total in sums.items()})
+                sums = {}
             if (i + 1) % every == 0 and i + 1 < total_steps:
                 payload = {n: o.get_state() if isinstance(o, torch.Generator) else o.state_dict() for n, o in state.items()}
                 atomic_torch_save(payload | {"step": i + 1, "torch_rng": torch.get_rng_state()}, checkpoint)
@@ -156,13 +168,25 @@ def train_network(ctx: TrialContext, split: str, folder: Path, final: Path) -> N
     def step():
         batch = task.sample(split, config.pretrain.batch_size, generator, device)
         optimizer.zero_grad(set_to_none=True)
-        task.loss(model, batch).backward()
+        loss = task.loss(model, batch)
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.pretrain.clip)
         optimizer.step()
         schedule.step()
+        return {"loss": loss}
+
+    validation = validation_batches(ctx, split)
+
+    def report(step_index: int, means: dict) -> None:
+        if step_index % (VALIDATE_EVERY * config.log_every) == 0 or step_index == config.pretrain.steps:
+            model.eval()
+            means["validation_accuracy"] = accuracy(task, model, validation)
+            model.train()
+        ctx.log_metrics(name, step_index, means | {"lr": schedule.get_last_lr()[0]})
 
     state = {"model": model, "optimizer": optimizer, "schedule": schedule, "generator": generator}
-    run_resumable(step, state, config.pretrain.steps, folder / "checkpoint.pt", config.checkpoint_every, name)
+    run_resumable(step, state, config.pretrain.steps, folder / "checkpoint.pt", config.checkpoint_every, name,
+                  report, config.log_every)
     write_json_atomic(flatten(config) | {"split": split}, folder / "config.json")
     atomic_torch_save(model.state_dict(), final)
     (folder / "checkpoint.pt").unlink(missing_ok=True)
@@ -219,16 +243,52 @@ def _train_mask(ctx: TrialContext, name: str, split: str, network: Path, prepare
         return task.loss(masked, task.sample(split, config.mask.batch_size, generator, device))
 
     def step():
-        training_step(masked, optimizer, task_loss, clip=config.mask.clip)
+        loss = training_step(masked, optimizer, task_loss, clip=config.mask.clip)
         schedule.step()
+        return {"loss": loss}
+
+    validation = validation_batches(ctx, split)
+
+    def report(step_index: int, means: dict) -> None:
+        statistics = mask_statistics(masked)
+        total = means["loss"] + statistics["regularizer"]
+        ctx.log_metrics(f"mask {name}", step_index, means | statistics | {"total": total})
+        if step_index % (VALIDATE_EVERY * config.log_every) == 0 or step_index == config.mask.steps:
+            with applied(masked.model, masked.deterministic_masks()):
+                ctx.log_metrics(f"mask {name}", step_index,
+                                {"validation_accuracy": accuracy(task, masked.model, validation)})
 
     state = {"logits": masked.logits, "optimizer": optimizer, "schedule": schedule, "generator": generator}
     checkpoint = logits_file.with_name(f"{name}.checkpoint.pt")
     logits_file.parent.mkdir(parents=True, exist_ok=True)
-    run_resumable(step, state, config.mask.steps, checkpoint, config.checkpoint_every, f"mask {name}")
+    run_resumable(step, state, config.mask.steps, checkpoint, config.checkpoint_every, f"mask {name}",
+                  report, config.log_every)
     masked.deterministic_masks().save(masks_file)
     atomic_torch_save({n: l.detach().cpu() for n, l in masked.logits_by_name().items()}, logits_file)
     checkpoint.unlink(missing_ok=True)
+
+
+@torch.no_grad()
+def mask_statistics(masked: MaskedModel) -> dict[str, float]:
+    """Regulariser α·Σl, mean keep probability σ(l) and the share of weights the deterministic mask keeps."""
+    count = sum(l.numel() for l in masked.logits)
+    return {"regularizer": float(masked.regularization()),
+            "mean_keep_probability": float(sum(torch.sigmoid(l).sum() for l in masked.logits)) / count,
+            "kept_fraction": float(sum((l > 0).sum() for l in masked.logits)) / count}
+
+
+def validation_batches(ctx: TrialContext, split: str) -> list:
+    """A fixed, small validation set for the curves: `split`'s evaluation examples where the task
+    evaluates on that split, else its first evaluation split."""
+    task = ctx.task
+    chosen = split if split in task.eval_splits else task.eval_splits[0]
+    return list(task.eval_batches(chosen, min(ctx.config.eval_size, VALIDATION_SIZE), ctx.device))
+
+
+@torch.no_grad()
+def accuracy(task, model: torch.nn.Module, batches: list) -> float:
+    """Share of examples the task scores correct."""
+    return torch.cat([task.correct(model, batch) for batch in batches]).float().mean().item()
 
 
 def make_masked_model(config: ExperimentConfig, model: torch.nn.Module, **options) -> MaskedModel:

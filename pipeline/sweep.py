@@ -173,7 +173,9 @@ def run_sweep(
                 tune_config=tune.TuneConfig(reuse_actors=True),
                 run_config=tune.RunConfig(name=name, storage_path=storage,
                                           failure_config=tune.FailureConfig(max_failures=max_failures),
-                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                          # every checkpoint is a few bytes (stage.json); keeping all of them means a driver killed
+                                          # mid-snapshot never points at a checkpoint already deleted
+                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
                                           verbose=1),
             )
         grid = tuner.fit()
