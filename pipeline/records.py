@@ -219,6 +219,8 @@ def sweep_parent_run(uri: str, sweep: str, artifact_root: Path | None = None) ->
         experiment_id = _experiment_id(client, sweep_experiment(sweep), artifact_root)
         found = client.search_runs([experiment_id], filter_string=f"tags.sweep_parent = '{sweep}'", max_results=1)
         if found:
+            if found[0].info.status != "RUNNING":  # the sweep is resumed or run again
+                client.update_run(found[0].info.run_id, status="RUNNING")
             return found[0].info.run_id
         return client.create_run(experiment_id, run_name=sweep, tags={"sweep": sweep, "sweep_parent": sweep}).info.run_id
 
@@ -228,9 +230,25 @@ def finish_sweep_parent_run(uri: str, run_id: str, summary: dict) -> None:
 
     with _store_lock(uri):
         client = mlflow.MlflowClient(tracking_uri=uri)
-        for key in ("done", "failed", "retried", "wall_seconds"):
+        for key in ("done", "failed", "unfinished", "retried", "resumed_trials", "wall_seconds"):
             client.log_metric(run_id, f"sweep/{key}", float(summary[key]))
-        client.set_terminated(run_id, "FINISHED" if summary["failed"] == 0 else "FAILED")
+        interrupted = summary["interrupted"] or summary["unfinished"]
+        client.set_terminated(run_id, "KILLED" if interrupted else "FAILED" if summary["failed"] else "FINISHED")
+
+
+def kill_running_children(uri: str, parent_run_id: str) -> int:
+    """Trial runs of a sweep still RUNNING when its driver ends (their workers were stopped) -> KILLED."""
+    import mlflow
+
+    with _store_lock(uri):
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        parent = client.get_run(parent_run_id)
+        running = client.search_runs([parent.info.experiment_id], max_results=10_000, filter_string=(
+            f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'"))
+        for run in running:
+            client.set_tag(run.info.run_id, "error", "the sweep stopped before this trial finished")
+            client.set_terminated(run.info.run_id, "KILLED")
+        return len(running)
 
 
 def log_analysis(uri: str, sweep: str, folder: Path) -> str:

@@ -81,9 +81,18 @@ def test_trial_that_fails_once_succeeds_on_retry(tmp_path):
 def test_errored_sweep_resumes_and_records_each_trial_once(tmp_path):
     first = _sweep(tmp_path, fail_first_attempt=True, max_failures=0)
     assert first.failed == 4
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    failed = [r for r in runs if "trial_id" in r.data.tags]
+    assert len(failed) == 4 and {r.info.status for r in failed} == {"FAILED"}  # each failed trial left a trace
+    assert all("injected failure" in r.data.tags["error"] for r in failed)
+    assert [r.info.status for r in runs if "sweep_parent" in r.data.tags] == ["FAILED"]
     resumed = _sweep(tmp_path, resume=True)
-    assert resumed.resumed and (resumed.done, resumed.failed) == (4, 0)
+    assert resumed.resumed and (resumed.done, resumed.failed, resumed.unfinished) == (4, 0, 0)
+    assert (resumed.retried, resumed.resumed_trials) == (0, 4)  # resumes are not retries
     _assert_each_trial_once(tmp_path, 4)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert {r.info.status for r in runs} == {"FINISHED"} and len(runs) == 5  # the same runs, now finished
 
 
 def test_killed_driver_then_same_command_resumes(tmp_path):
@@ -103,6 +112,28 @@ def test_killed_driver_then_same_command_resumes(tmp_path):
     summary = _sweep(tmp_path)  # the same sweep again: resumes
     assert summary.resumed and summary.failed == 0
     _assert_each_trial_once(tmp_path, 4)
+
+
+def test_interrupted_sweep_says_so_exits_130_and_leaves_no_run_running(tmp_path):
+    """One SIGINT during the first mask stage: not a success, and the same command resumes it."""
+    command = [sys.executable, "-m", "pipeline.cli", "sweep", "sharing-vs-capacity", "--smoke", "--seeds", "1",
+               "--results-dir", str(tmp_path), "--set", "pretrain.steps=40", "--set", "mask.steps=4000",
+               "--set", "mask.fused=false", "--set", "checkpoint_every=10", "--set", "eval_size=64"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=os.environ | {"MLFLOW_TRACKING_URI": ""})
+    deadline = time.time() + 240
+    while not list((tmp_path / "trials").glob("*/masks/add.checkpoint.pt")) and time.time() < deadline:
+        time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    output = process.communicate(timeout=240)[0]
+    assert process.returncode == 130, output[-3000:]
+    assert "INTERRUPTED: 0 trials done" in output and "2 unfinished" in output and "resume:" in output
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert runs and "RUNNING" not in {r.info.status for r in runs}
+    assert [r.info.status for r in runs if "sweep_parent" in r.data.tags] == ["KILLED"]
+    parent = [r for r in runs if "sweep_parent" in r.data.tags][0]
+    assert parent.data.metrics["sweep/done"] == 0 and parent.data.metrics["sweep/unfinished"] == 2
 
 
 @pytest.mark.parametrize(
