@@ -1,8 +1,17 @@
-"""A CIFAR-style residual network (Appendix C.7.3 uses ResNet-110: 3 stages of n blocks)."""
+"""A CIFAR-style residual network (Appendix C.7.3 uses ResNet-110: 3 stages of 18 BasicBlocks).
+
+As in He et al. (2016) and bearpaw/pytorch-classification: a 3x3 stem of 16 channels, stages of
+16, 32, 64 channels (the 2nd and 3rd start with stride 2 and a 1x1 projection shortcut), spatial
+average, linear -> classes; BatchNorm after every convolution.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor, nn
+
+from models.registry import register_model
 
 
 class BasicBlock(nn.Module):
@@ -44,3 +53,15 @@ class ResNet(nn.Module):
 
 def build_resnet(blocks_per_stage: int = 18, width: int = 16, num_classes: int = 10, in_channels: int = 3) -> ResNet:
     return ResNet(blocks_per_stage, width, num_classes, in_channels)
+
+
+@dataclass(frozen=True)
+class ResNetSettings:
+    builder: str = "resnet"
+    blocks_per_stage: int = 18  # depth 6n+2: 18 gives ResNet-110
+    width: int = 16
+
+
+@register_model("resnet", ResNetSettings)
+def resnet(in_channels: int, num_classes: int, blocks_per_stage: int = 18, width: int = 16) -> ResNet:
+    return build_resnet(blocks_per_stage, width, num_classes, in_channels)
