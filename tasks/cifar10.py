@@ -48,6 +48,7 @@ class Cifar10Options:
     download: bool = False  # let torchvision download CIFAR-10 (170 MB) into data_dir when it is missing
     augment: bool = False  # random crop (padding 4) and horizontal flip of training batches (ResNet-110)
     masks: str = "class-removal"  # which masks the task defines: one of MASK_PLANS
+    pairs: int = 10  # class-pairs plan: how many of the 45 pairs the mask-stability recipe uses per network
 
 
 class Images(NamedTuple):

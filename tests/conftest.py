@@ -23,3 +23,17 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"the shared datasets are not at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture
+def test_data(tmp_path_factory, shared_data) -> Path:
+    """The shared datasets plus a tiny generated CIFAR-10 (not available offline) in torchvision's
+    on-disk format, whose own checksums torchvision accepts for the length of the test."""
+    from tests.tasks.cifar_data import accept_generated_checksums, write_cifar10
+
+    root = tmp_path_factory.mktemp("data")
+    for entry in shared_data.iterdir():
+        (root / entry.name).symlink_to(entry)
+    write_cifar10(root)
+    with accept_generated_checksums(root):
+        yield root

@@ -47,12 +47,12 @@ def test_every_preset_has_a_task_and_model_except_the_template():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in experiment_names() if n != "custom"])
-def test_every_preset_runs_through_the_engine_to_parquet(name, tmp_path, monkeypatch, shared_data):
+def test_every_preset_runs_through_the_engine_to_parquet(name, tmp_path, monkeypatch, test_data):
     """Contract: tiny version of each preset -> its study's stages -> Parquet with the columns
-    analysis needs and every config key."""
+    analysis needs and every config key. Data: the shared datasets plus a generated CIFAR-10."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     preset = EXPERIMENTS[name]
-    config = override(get_experiment(name, smoke=True), TINY | preset.tiny | {"data_dir": str(shared_data)})
+    config = override(get_experiment(name, smoke=True), TINY | preset.tiny | {"data_dir": str(test_data)})
     result = run_trial(config, tmp_path)
     parquet = tmp_path / "parquet"
     assert (parquet / "metrics").is_dir(), "every study writes a metrics table"

@@ -1,0 +1,215 @@
+"""CIFAR-10 figures from Parquet: class removal (Figs. 6a, 6b, 18-21) and mask stability (B.1).
+
+Inputs: the `confusion` table (mask, true_class, predicted_class, count per trial; mask "all" is
+the control, "without-<class>" a class-removal mask) and the `mask_iou` table (pair, layer, iou).
+Accuracy of a class = its diagonal count / its row total; "relative drop" of class c under a mask
+= (control accuracy of c - accuracy of c with the mask) / control accuracy of c.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from analysis.figures import Figure, Skip, _save  # noqa: E402
+from analysis.stats import where  # noqa: E402
+
+EXPERIMENTS = {"cifar10-cnn": "simple CNN", "cifar10-cnn-nodropout": "no-dropout CNN",
+               "cifar10-resnet110": "ResNet-110"}
+DIFFERENCE_FIGURES = {"cifar10-cnn": "fig19", "cifar10-cnn-nodropout": "fig20", "cifar10-resnet110": "fig21"}
+CONTROL = "all"
+PAPER_IOU = "93.26 ± 0.96 %"
+
+
+# -- confusion matrices from Parquet ---------------------------------------------------------------
+def confusion_matrices(tables, experiment: str) -> tuple[list[str], dict[str, np.ndarray]] | None:
+    """-> (classes, mask -> [seeds, C, C] counts, row = true class), or None without data."""
+    if "confusion" not in tables:
+        return None
+    rows = where(tables["confusion"], experiment=experiment).select(
+        ["trial_id", "mask", "true_class", "predicted_class", "count"]).to_pylist()
+    if not rows:
+        return None
+    classes = list(dict.fromkeys(r["true_class"] for r in rows))
+    trials = sorted({r["trial_id"] for r in rows})
+    index = {c: i for i, c in enumerate(classes)}
+    matrices: dict[str, np.ndarray] = {}
+    for r in rows:
+        counts = matrices.setdefault(r["mask"], np.zeros((len(trials), len(classes), len(classes))))
+        counts[trials.index(r["trial_id"]), index[r["true_class"]], index[r["predicted_class"]]] = r["count"]
+    return classes, matrices
+
+
+def row_normalised(counts: np.ndarray) -> np.ndarray:
+    """[..., C, C] counts -> share of each true class's images predicted as each class."""
+    totals = counts.sum(-1, keepdims=True)
+    return np.divide(counts, totals, out=np.zeros_like(counts, dtype=float), where=totals > 0)
+
+
+def class_accuracy(counts: np.ndarray) -> np.ndarray:
+    """[S, C, C] -> [S, C] per-class accuracy."""
+    return np.diagonal(row_normalised(counts), axis1=-2, axis2=-1)
+
+
+def relative_drops(classes: list[str], matrices: dict[str, np.ndarray]) -> np.ndarray | None:
+    """[S, removed class, class]: relative drop of every class's accuracy under each removal mask."""
+    if CONTROL not in matrices or not all(f"without-{c}" in matrices for c in classes):
+        return None
+    control = class_accuracy(matrices[CONTROL])  # [S, C]
+    removed = np.stack([class_accuracy(matrices[f"without-{c}"]) for c in classes], 1)  # [S, C, C]
+    safe = np.where(control > 0, control, np.nan)[:, None, :]
+    return (control[:, None, :] - removed) / safe
+
+
+def _removal_data(tables):
+    """experiment -> (classes, matrices, drops [S, C, C]) for every experiment with complete data."""
+    found = {}
+    for experiment in EXPERIMENTS:
+        data = confusion_matrices(tables, experiment)
+        if data is not None and (drops := relative_drops(*data)) is not None:
+            found[experiment] = (*data, drops)
+    return found
+
+
+def _mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Over axis 0 (seeds); std is the sample std (0 for one seed)."""
+    std = np.nanstd(values, 0, ddof=1) if values.shape[0] > 1 else np.zeros(values.shape[1:])
+    return np.nanmean(values, 0), std
+
+
+# -- Fig. 6 -------------------------------------------------------------------------------------------
+def _per_class_bars(tables, out, name: str, title: str, ylabel: str, statistic, paper: dict) -> Figure | Skip:
+    data = _removal_data(tables)
+    if not data:
+        return Skip(name, "needs the confusion table of a class-removal trial with all 11 masks "
+                          f"(experiments {', '.join(EXPERIMENTS)})")
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    width = 0.8 / len(data)
+    numbers = {}
+    for i, (experiment, (classes, _, drops)) in enumerate(data.items()):
+        mean, std = _mean_std(statistic(drops))
+        ax.bar(np.arange(len(classes)) + i * width, 100 * mean, width, yerr=100 * std, capsize=2,
+               label=EXPERIMENTS[experiment])
+        numbers[f"{EXPERIMENTS[experiment]} ({drops.shape[0]} seeds): per class [%]"] = ", ".join(
+            f"{c} {100 * m:.0f}" for c, m in zip(classes, mean))
+        numbers[f"{EXPERIMENTS[experiment]}: mean over classes [%]"] = f"{100 * np.nanmean(mean):.1f}"
+    ax.set_xticks(np.arange(len(classes)) + width * (len(data) - 1) / 2, classes, rotation=30)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    return Figure(name, title, _save(fig, out, name), numbers, paper)
+
+
+def target_drop(drops: np.ndarray) -> np.ndarray:
+    """[S, C, C] -> [S, C]: relative drop of the removed class itself."""
+    return np.diagonal(drops, axis1=1, axis2=2)
+
+
+def largest_other_drop_ratio(drops: np.ndarray) -> np.ndarray:
+    """[S, C, C] -> [S, C]: the largest relative drop of a non-target class / the target's drop."""
+    others = np.where(np.eye(drops.shape[1], dtype=bool)[None], -np.inf, drops).max(2)
+    target = target_drop(drops)
+    return np.divide(others, target, out=np.full_like(others, np.nan), where=target > 0)
+
+
+def figure_6a(tables, out):
+    return _per_class_bars(tables, out, "fig06a_class_removal_drop", "Fig. 6a: relative accuracy drop of the removed class",
+                           "relative drop [%]", target_drop,
+                           {"simple CNN": "40-60 % per class", "no-dropout CNN": "roughly 30-40 % less drop than with dropout",
+                            "ResNet-110": "up to almost 100 %"})
+
+
+def figure_6b(tables, out):
+    return _per_class_bars(tables, out, "fig06b_non_target_drop",
+                           "Fig. 6b: largest drop of a non-target class relative to the target's drop",
+                           "largest other drop / target drop [%]", largest_other_drop_ratio,
+                           {"pattern": "small: non-target classes barely change"})
+
+
+# -- Figs. 18-21 ----------------------------------------------------------------------------------
+def _matrix(ax, matrix: np.ndarray, classes: list[str], title: str, diverging: bool) -> None:
+    limit = max(1e-9, float(np.abs(matrix).max()))
+    image = ax.imshow(matrix, cmap="RdBu_r" if diverging else "Blues", vmin=-limit if diverging else 0, vmax=limit)
+    ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=6)
+    ax.set_yticks(range(len(classes)), classes, fontsize=6)
+    ax.set_title(title, fontsize=8)
+    plt.colorbar(image, ax=ax, fraction=0.046)
+
+
+def figure_18(tables, out):
+    name = "fig18_confusion_control"
+    found = {e: d for e in EXPERIMENTS if (d := confusion_matrices(tables, e)) and CONTROL in d[1]}
+    if not found:
+        return Skip(name, "needs the confusion table of a class-removal trial (mask 'all')")
+    fig, axes = plt.subplots(1, len(found), figsize=(4.5 * len(found), 4), squeeze=False)
+    numbers = {}
+    for ax, (experiment, (classes, matrices)) in zip(axes[0], found.items()):
+        shares = row_normalised(matrices[CONTROL]).mean(0)
+        _matrix(ax, 100 * shares, classes, f"{EXPERIMENTS[experiment]}: mask on all classes [%]", False)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        numbers[f"{EXPERIMENTS[experiment]}: accuracy with the control mask [%]"] = f"{100 * np.diag(shares).mean():.1f}"
+    title = "Fig. 18: confusion matrices with masks trained on all classes"
+    return Figure(name, title, _save(fig, out, name), numbers,
+                  {"pattern": "no dropout a few % lower than with dropout; ResNet-110 best (93 % unmasked)"})
+
+
+def _difference_figure(tables, out, experiment: str):
+    name = f"{DIFFERENCE_FIGURES[experiment]}_confusion_difference_{experiment}"
+    data = confusion_matrices(tables, experiment)
+    if data is None or relative_drops(*data) is None:
+        return Skip(name, f"needs a complete class-removal trial of {experiment}")
+    classes, matrices = data
+    control = row_normalised(matrices[CONTROL]).mean(0)
+    fig, axes = plt.subplots(2, (len(classes) + 1) // 2, figsize=(3.2 * ((len(classes) + 1) // 2), 6.5), squeeze=False)
+    numbers = {}
+    for ax, removed in zip(axes.flat, classes):
+        difference = 100 * (row_normalised(matrices[f"without-{removed}"]).mean(0) - control)
+        _matrix(ax, difference, classes, f"without {removed} [% points]", True)
+        i = classes.index(removed)
+        others = [(difference[i, j], classes[j]) for j in range(len(classes)) if j != i]
+        gain, to = max(others)
+        numbers[f"without {removed}"] = f"own class {difference[i, i]:+.1f} points; most moved to {to} ({gain:+.1f})"
+    title = f"Fig. {DIFFERENCE_FIGURES[experiment][3:]}: {EXPERIMENTS[experiment]}, confusion change when a class is removed"
+    return Figure(name, title, _save(fig, out, name), numbers,
+                  {"without airplane": "airplane -> bird and ship", "cat": "cat and dog confused with each other",
+                   "truck": "truck and automobile related"})
+
+
+def figure_19(tables, out):
+    return _difference_figure(tables, out, "cifar10-cnn")
+
+
+def figure_20(tables, out):
+    return _difference_figure(tables, out, "cifar10-cnn-nodropout")
+
+
+def figure_21(tables, out):
+    return _difference_figure(tables, out, "cifar10-resnet110")
+
+
+# -- Appendix B.1 -----------------------------------------------------------------------------------------
+def figure_iou(tables, out):
+    name = "figB1_mask_iou"
+    if "mask_iou" not in tables:
+        return Skip(name, "needs the mask_iou table of mask-stability trials")
+    rows = where(tables["mask_iou"], layer="all").select(["trial_id", "pair", "iou"]).to_pylist()
+    values = np.array([r["iou"] for r in rows if r["iou"] is not None], dtype=float)
+    if not len(values):
+        return Skip(name, "the mask_iou table has no pair with kept weights")
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.hist(100 * values, bins=20)
+    ax.set_xlabel("IoU of two masks of one class pair [%]")
+    ax.set_ylabel("pairs")
+    std = values.std(ddof=1) if len(values) > 1 else 0.0
+    networks = len({r["trial_id"] for r in rows})
+    title = "Appendix B.1: IoU of masks trained twice on the same class pair"
+    ax.set_title(title, fontsize=9)
+    numbers = {f"mean IoU over {len(values)} pairs ({networks} networks)": f"{100 * values.mean():.2f} ± {100 * std:.2f} %"}
+    return Figure(name, title, _save(fig, out, name), numbers, {"mean IoU": f"{PAPER_IOU} (100 pairs, 10 networks)"})
+
+
+FIGURES = [figure_6a, figure_6b, figure_18, figure_19, figure_20, figure_21, figure_iou]
