@@ -8,6 +8,8 @@ Accuracy of a class = its diagonal count / its row total; "relative drop" of cla
 
 from __future__ import annotations
 
+import warnings
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -75,7 +77,14 @@ def _removal_data(tables):
 
 
 def _mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Over axis 0 (seeds); std is the sample std (0 for one seed)."""
+    """Over axis 0 (seeds), ignoring NaN (a class the control mask never gets right has no relative
+    drop); std is the sample std (0 for one seed)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN
+        return _nan_mean_std(values)
+
+
+def _nan_mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     std = np.nanstd(values, 0, ddof=1) if values.shape[0] > 1 else np.zeros(values.shape[1:])
     return np.nanmean(values, 0), std
 
@@ -93,9 +102,9 @@ def _per_class_bars(tables, out, name: str, title: str, ylabel: str, statistic, 
         mean, std = _mean_std(statistic(drops))
         ax.bar(np.arange(len(classes)) + i * width, 100 * mean, width, yerr=100 * std, capsize=2,
                label=EXPERIMENTS[experiment])
-        numbers[f"{EXPERIMENTS[experiment]} ({drops.shape[0]} seeds): per class [%]"] = ", ".join(
+        numbers[f"{EXPERIMENTS[experiment]} (n={drops.shape[0]}): per class [%]"] = ", ".join(
             f"{c} {100 * m:.0f}" for c, m in zip(classes, mean))
-        numbers[f"{EXPERIMENTS[experiment]}: mean over classes [%]"] = f"{100 * np.nanmean(mean):.1f}"
+        numbers[f"{EXPERIMENTS[experiment]}: mean over classes [%]"] = f"{100 * _mean_std(mean[:, None])[0][0]:.1f}"
     ax.set_xticks(np.arange(len(classes)) + width * (len(data) - 1) / 2, classes, rotation=30)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
@@ -110,7 +119,7 @@ def target_drop(drops: np.ndarray) -> np.ndarray:
 
 def largest_other_drop_ratio(drops: np.ndarray) -> np.ndarray:
     """[S, C, C] -> [S, C]: the largest relative drop of a non-target class / the target's drop."""
-    others = np.where(np.eye(drops.shape[1], dtype=bool)[None], -np.inf, drops).max(2)
+    others = np.where(np.eye(drops.shape[1], dtype=bool)[None] | np.isnan(drops), -np.inf, drops).max(2)
     target = target_drop(drops)
     return np.divide(others, target, out=np.full_like(others, np.nan), where=target > 0)
 

@@ -57,7 +57,7 @@ def test_class_removal_figures_from_parquet(tmp_path):
     tables = load_tables([tmp_path])
     fig_6a = figure_6a(tables, tmp_path / "figures")
     assert isinstance(fig_6a, Figure)
-    assert fig_6a.numbers["simple CNN (2 seeds): per class [%]"].startswith("airplane 60, automobile 60")
+    assert fig_6a.numbers["simple CNN (n=2): per class [%]"].startswith("airplane 60, automobile 60")
     assert fig_6a.numbers["simple CNN: mean over classes [%]"] == "60.0"
     # other class: (80-72)/80 = 10 %; relative to the target's 50 % and 70 %: 20 % and 14.3 %, mean 17.1 %
     fig_6b = figure_6b(tables, tmp_path / "figures")
