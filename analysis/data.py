@@ -32,7 +32,7 @@ def load_tables(results_dirs: list[Path], sweep: str | None = None) -> dict[str,
             continue
         parts = []
         for filesystem, folder in folders:
-            part = ds.dataset(folder, filesystem=filesystem, partitioning="hive").to_table()
+            part = _read_table(folder, filesystem)
             missing = [c for c in columns if c not in part.column_names]
             if missing:
                 raise AnalysisInputError(f"Parquet table {name!r} under {folder} lacks column(s) {missing}; "
@@ -46,6 +46,17 @@ def load_tables(results_dirs: list[Path], sweep: str | None = None) -> dict[str,
     if sweep is not None:
         tables = _only_sweep(tables, sweep, results_dirs)
     return tables
+
+
+def _read_table(folder: str, filesystem) -> pa.Table:
+    """Every trial's file of one table, as one table. Column types are unified across trials, so an
+    empty tuple setting in one trial (a list of nulls) reads beside a filled one (a list of ints)."""
+    dataset = ds.dataset(folder, filesystem=filesystem, partitioning="hive")
+    file_schemas = [fragment.physical_schema for fragment in dataset.get_fragments()]
+    in_files = {name for schema in file_schemas for name in schema.names}
+    partition_columns = pa.schema([field for field in dataset.schema if field.name not in in_files])  # trial_id
+    schema = pa.unify_schemas([*file_schemas, partition_columns], promote_options="permissive")
+    return ds.dataset(folder, filesystem=filesystem, partitioning="hive", schema=schema).to_table()
 
 
 def _table_names(results_dirs) -> list[str]:
