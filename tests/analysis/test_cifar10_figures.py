@@ -91,3 +91,14 @@ def test_report_lists_cifar_figures_or_why_they_were_skipped(tmp_path):
     text = report.read_text()
     assert "Fig. 6a: relative accuracy drop of the removed class" in text and "40-60 % per class" in text
     assert "figB1_mask_iou — skipped" in text
+
+
+def test_trials_whose_tuple_setting_is_empty_read_beside_trials_where_it_is_filled(tmp_path):
+    """An empty tuple is a list of nulls in Parquet; another trial's list of ints must still read."""
+    _write(tmp_path, "metrics", "a", [{"experiment": "e", "sweep": "", "seed": 0, "mask": "all", "subtask": "test",
+                                       "accuracy": 0.5, "pretrain.lr_decay_steps": []}])
+    _write(tmp_path, "metrics", "b", [{"experiment": "e", "sweep": "", "seed": 1, "mask": "all", "subtask": "test",
+                                       "accuracy": 0.7, "pretrain.lr_decay_steps": [32000, 48000]}])
+    metrics = load_tables([tmp_path])["metrics"]
+    assert sorted(map(tuple, metrics.column("pretrain.lr_decay_steps").to_pylist())) == [(), (32000, 48000)]
+    assert sorted(metrics.column("trial_id").to_pylist()) == ["a", "b"]
