@@ -67,8 +67,6 @@ def sweep_trial(trial_config: dict) -> None:
     results_dir = Path(context["results_dir"])
     version = task_of(config).version
     attempt, first_ever = _count_attempt(results_dir, config, context["driver"])
-    if context.get("fail_first_attempt") and first_ever:
-        raise RuntimeError("injected failure on the first attempt (fault-injection test)")
     stages = []
 
     previous = tune.get_checkpoint()
@@ -79,6 +77,8 @@ def sweep_trial(trial_config: dict) -> None:
     def report_stage(stage: str) -> None:
         # The stage's files (network, masks, optimizer state) live in the shared results directory,
         # keyed by trial id; the Tune checkpoint records which stage finished and where they are.
+        if context.get("fail_first_attempt") and first_ever:  # inside the trial: its MLflow run records it
+            raise RuntimeError(f"injected failure after stage {stage} of the first attempt (fault-injection test)")
         stages.append(stage)
         with tempfile.TemporaryDirectory() as folder:
             marker = {"stage": stage, "trial_dir": str(results_dir / "trials" / trial_id(config, version))}
