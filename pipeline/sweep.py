@@ -220,8 +220,10 @@ def _fit(name, space, spec, sweep_dir, storage, resumed, address, num_cpus, cpus
     # Tune's own table reporter (the legacy engine: the default one ignores progress_reporter);
     # --verbose brings Tune's full default output back.
     os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
-    ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
-             ignore_reinit_error=True, log_to_driver=verbose)
+    if address:
+        _join_cluster(address, verbose)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, ignore_reinit_error=True, log_to_driver=verbose)
     try:
         trainable = tune.with_resources(sweep_trial, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
         if resumed:
@@ -247,6 +249,39 @@ def _fit(name, space, spec, sweep_dir, storage, resumed, address, num_cpus, cpus
             return tune.Tuner.restore(sweep_dir, trainable).get_results(), True
     finally:
         ray.shutdown()
+
+
+def _join_cluster(address: str, verbose: bool) -> None:
+    """ray.init on an existing cluster, with Ray's token authentication where a token is at hand.
+
+    A head started by `ray start --head` (Ray >= 2.59) requires the token it keeps in
+    ~/.ray/auth_token, but ray.init with an explicit address never turns token mode on by itself
+    (only a local cluster found automatically does). Where the user chose no mode and a token is
+    available (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token), turn it on the way Ray does
+    for local clusters. A failed connection is one error saying what to check.
+    """
+    import ray
+
+    try:
+        from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+    except ImportError:  # another Ray version: the environment variable alone (read when ray is imported)
+        token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+        if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file()):
+            os.environ["RAY_AUTH_MODE"] = "token"
+    else:
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    if not verbose:
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # not one warning per connection retry
+    try:
+        ray.init(address=address, include_dashboard=False, ignore_reinit_error=True, log_to_driver=verbose)
+    except (ConnectionError, RuntimeError) as error:
+        mode = os.environ.get("RAY_AUTH_MODE", "disabled")
+        raise ConnectionError(
+            f"cannot join the Ray cluster at {address!r} ({str(error).splitlines()[0][:200]}); authentication mode "
+            f"here: {mode}. If the head uses token authentication (the default of `ray start --head` since Ray 2.59), "
+            "give this machine the head's token: copy the head's ~/.ray/auth_token here or set RAY_AUTH_TOKEN "
+            "(see `ray get-auth-token` on the head). Otherwise check the address, or leave --address unset to "
+            "run locally") from None
 
 
 def progress_reporter(spec: SweepSpec):
