@@ -31,11 +31,13 @@ def render(outcomes: list, results_dirs, sweep, tables) -> str:
             continue
         lines += [f"## {outcome.title}", "", f"![{outcome.name}]({outcome.files[0].name})", "",
                   "| quantity | measured | paper |", "|---|---|---|"]
+        claim = "; ".join(f"{v}" if k == "pattern" else f"{k}: {v}" for k, v in outcome.paper.items())
         for key, value in outcome.numbers.items():
-            paper = next((v for k, v in outcome.paper.items() if k in key), "")
+            # the paper's value for this quantity where it gives one, else its claim for the figure
+            paper = next((v for k, v in outcome.paper.items() if k != "pattern" and k in key), claim)
             lines.append(f"| {key} | {value} | {paper} |")
         for key, value in outcome.paper.items():
-            if not any(key in k for k in outcome.numbers):
+            if key != "pattern" and not any(key in k for k in outcome.numbers):
                 lines.append(f"| {key} | (see figure) | {value} |")
         lines.append("")
     return "\n".join(lines)

@@ -131,7 +131,7 @@ def sweep_command(name, seeds, smoke, assignments, results_dir, storage, address
         summary = run_sweep(name, results_dir, seeds, smoke, _with_data_dir(parse_assignments(assignments), data_dir),
                             address, cpus_per_trial, gpus_per_trial, max_failures, resume, storage_uri=storage,
                             verbose=verbose)
-    except (KeyError, ValueError, TypeError, PermissionError, ConnectionError, FileNotFoundError) as error:
+    except (KeyError, ValueError, TypeError, PermissionError, ConnectionError, FileNotFoundError, RuntimeError) as error:
         _fail(str(error.args[0]) if isinstance(error, KeyError) else str(error))
     for line in summary_lines(summary):
         click.echo(line)

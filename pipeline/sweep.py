@@ -7,6 +7,7 @@ never duplicate a trial.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -66,8 +67,6 @@ def sweep_trial(trial_config: dict) -> None:
     results_dir = Path(context["results_dir"])
     version = task_of(config).version
     attempt, first_ever = _count_attempt(results_dir, config, context["driver"])
-    if context.get("fail_first_attempt") and first_ever:
-        raise RuntimeError("injected failure on the first attempt (fault-injection test)")
     stages = []
 
     previous = tune.get_checkpoint()
@@ -78,6 +77,8 @@ def sweep_trial(trial_config: dict) -> None:
     def report_stage(stage: str) -> None:
         # The stage's files (network, masks, optimizer state) live in the shared results directory,
         # keyed by trial id; the Tune checkpoint records which stage finished and where they are.
+        if context.get("fail_first_attempt") and first_ever:  # inside the trial: its MLflow run records it
+            raise RuntimeError(f"injected failure after stage {stage} of the first attempt (fault-injection test)")
         stages.append(stage)
         with tempfile.TemporaryDirectory() as folder:
             marker = {"stage": stage, "trial_dir": str(results_dir / "trials" / trial_id(config, version))}
@@ -159,6 +160,13 @@ def run_sweep(
     if resume and not exists:
         raise FileNotFoundError(f"nothing to resume: no sweep state at {sweep_dir}; run without --resume")
     resumed = exists if resume is None else resume
+    with _only_driver(results_dir, name):
+        return _run_as_driver(name, spec, space, results_dir, uri, storage, sweep_dir, resumed, address, num_cpus,
+                              cpus_per_trial, gpus_per_trial, max_failures, fail_first_attempt, storage_uri, verbose)
+
+
+def _run_as_driver(name, spec, space, results_dir, uri, storage, sweep_dir, resumed, address, num_cpus,
+                   cpus_per_trial, gpus_per_trial, max_failures, fail_first_attempt, storage_uri, verbose):
     parent = records.sweep_parent_run(uri, name, results_dir / "mlartifacts")
     space["context"] = {"results_dir": str(results_dir), "parent_run_id": parent, "sweep": name, "tracking_uri": uri,
                         "storage_uri": storage_uri, "driver": uuid.uuid4().hex,
@@ -178,6 +186,29 @@ def run_sweep(
                          space["context"]["driver"])
     records.finish_sweep_parent_run(uri, parent, dataclasses.asdict(summary))
     return summary
+
+
+@contextlib.contextmanager
+def _only_driver(results_dir: Path, name: str):
+    """One driver per sweep and results folder: a second one would train every trial again."""
+    from filelock import FileLock, Timeout
+
+    folder = results_dir / "ray"
+    folder.mkdir(parents=True, exist_ok=True)
+    owner = folder / f"{name}.driver.json"
+    lock = FileLock(folder / f"{name}.driver.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        running = owner.read_text() if owner.exists() else "{}"
+        raise RuntimeError(f"sweep {name!r} is already running on {results_dir} (driver {running}); wait for it to "
+                           "end, stop it (Ctrl-C) and run the command again to resume, or use another --results-dir"
+                           ) from None
+    try:
+        write_json_atomic({"host": socket.gethostname(), "pid": os.getpid(), "started": time.ctime()}, owner)
+        yield
+    finally:
+        lock.release()
 
 
 def _fit(name, space, spec, sweep_dir, storage, resumed, address, num_cpus, cpus_per_trial, gpus_per_trial,

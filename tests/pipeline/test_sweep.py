@@ -175,3 +175,20 @@ def test_sweep_with_a_storage_uri_keeps_tune_state_and_results_there(tmp_path):
     assert len(list(bucket.glob("trials/*/recorded.json"))) == 4
     assert len(list(bucket.glob("parquet/metrics/trial_id=*/part-0.parquet"))) == 4
     assert len(list(bucket.glob("pretrained/*/model.pt"))) == 4
+
+
+def test_second_driver_of_a_running_sweep_refuses_and_names_the_first(tmp_path):
+    command = [sys.executable, "-m", "pipeline.cli", "sweep", "sharing-vs-capacity", "--smoke", "--seeds", "1",
+               "--results-dir", str(tmp_path), "--set", "pretrain.steps=4000", "--set", "mask.fused=false"]
+    first = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env=os.environ | {"MLFLOW_TRACKING_URI": ""})
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / "ray" / "sharing-vs-capacity.driver.json").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        result = CliRunner().invoke(main, command[3:])
+        assert result.exit_code != 0 and "is already running" in result.output
+        assert f'"pid": {first.pid}' in result.output
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
