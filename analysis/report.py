@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from analysis.data import load_tables
 from analysis import mathematics
+from analysis.data import load_tables
 from analysis.figures import ALL_FIGURES, Skip
 
 
