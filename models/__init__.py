@@ -3,4 +3,4 @@
 Importing the package registers every model family (models.registry).
 """
 
-from models import fnn, lstm  # noqa: F401  (registration)
+from models import fnn, lstm, transformer  # noqa: F401  (registration)

@@ -3,29 +3,55 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from models.registry import register_model
+
 
 class Seq2SeqTransformer(nn.Module):
-    """Token ids source [B, S], target [B, T] -> logits [B, T, output_vocab] (causal decoder)."""
+    """Token ids source [B, S], target [B, T] -> logits [B, T, output_vocab] (causal decoder).
+
+    tied=True: one embedding for source and target tokens, also used as the output layer's weight
+    (one parameter, so a mask over it is one mask); needs input_vocab == output_vocab.
+    """
 
     def __init__(self, input_vocab: int, output_vocab: int, d_model: int = 128, num_heads: int = 4,
-                 num_layers: int = 3, feedforward: int = 256, max_length: int = 512):
+                 num_layers: int = 3, feedforward: int = 256, max_length: int = 512, dropout: float = 0.0,
+                 tied: bool = False):
         super().__init__()
+        if tied and input_vocab != output_vocab:
+            raise ValueError(f"tied embeddings need one vocabulary, got input {input_vocab} and output {output_vocab}")
         self.source_embedding = nn.Embedding(input_vocab, d_model)
-        self.target_embedding = nn.Embedding(output_vocab, d_model)
+        self.target_embedding = self.source_embedding if tied else nn.Embedding(output_vocab, d_model)
         self.register_buffer("positions", _sinusoidal_positions(max_length, d_model), persistent=False)
-        self.transformer = nn.Transformer(d_model, num_heads, num_layers, num_layers, feedforward, dropout=0.0,
+        self.transformer = nn.Transformer(d_model, num_heads, num_layers, num_layers, feedforward, dropout=dropout,
                                           batch_first=True)
-        self.output_layer = nn.Linear(d_model, output_vocab)
+        self.output_layer = nn.Linear(d_model, output_vocab, bias=not tied)
+        if tied:
+            self.output_layer.weight = self.source_embedding.weight
 
     def forward(self, source: Tensor, target: Tensor) -> Tensor:
         src = self.source_embedding(source) + self.positions[: source.shape[1]]
         tgt = self.target_embedding(target) + self.positions[: target.shape[1]]
         causal = nn.Transformer.generate_square_subsequent_mask(target.shape[1], device=target.device)
         return self.output_layer(self.transformer(src, tgt, tgt_mask=causal, tgt_is_causal=True))
+
+
+@torch.no_grad()
+def greedy_decode(model: nn.Module, source: Tensor, start_token: int, steps: int) -> Tensor:
+    """Decode without teacher forcing: [B, S] source -> [B, steps] predicted tokens.
+
+    Works for any model(source, target_prefix) -> [B, T, vocab] logits whose output at t depends
+    on the prefix up to t only; the decoder is re-run on the growing prefix.
+    """
+    prefix = torch.full((source.shape[0], 1), start_token, dtype=torch.long, device=source.device)
+    for _ in range(steps):
+        next_token = model(source, prefix)[:, -1].argmax(-1, keepdim=True)
+        prefix = torch.cat([prefix, next_token], 1)
+    return prefix[:, 1:]
 
 
 def _sinusoidal_positions(length: int, d_model: int) -> Tensor:
@@ -39,5 +65,22 @@ def _sinusoidal_positions(length: int, d_model: int) -> Tensor:
 
 
 def build_transformer(input_vocab: int, output_vocab: int, d_model: int = 128, num_heads: int = 4,
-                      num_layers: int = 3, feedforward: int = 256) -> Seq2SeqTransformer:
-    return Seq2SeqTransformer(input_vocab, output_vocab, d_model, num_heads, num_layers, feedforward)
+                      num_layers: int = 3, feedforward: int = 256, dropout: float = 0.0,
+                      tied: bool = False, max_length: int = 512) -> Seq2SeqTransformer:
+    return Seq2SeqTransformer(input_vocab, output_vocab, d_model, num_heads, num_layers, feedforward, max_length,
+                              dropout, tied)
+
+
+@dataclass(frozen=True)
+class TransformerSettings:
+    builder: str = "transformer"
+    d_model: int = 128
+    num_heads: int = 4
+    num_layers: int = 3  # encoder layers, and as many decoder layers
+    feedforward: int = 256
+    dropout: float = 0.0
+    tied: bool = False  # one embedding for source, target and output layer
+    max_length: int = 512
+
+
+register_model("transformer", TransformerSettings)(build_transformer)

@@ -119,19 +119,22 @@ def run_command(experiment: str, seed: int, assignments: tuple[str, ...], smoke:
 @click.option("--resume/--no-resume", default=None,
               help="Resume the interrupted sweep (the default when its state exists); --no-resume starts anew.")
 @_data_dir_option
+@click.option("--verbose", is_flag=True, help="Tune's full output (trial configs, results, Ray worker logs).")
 def sweep_command(name, seeds, smoke, assignments, results_dir, storage, address, cpus_per_trial, gpus_per_trial,
-                  max_failures, resume, data_dir):
+                  max_failures, resume, data_dir, verbose):
     """Run the sweep NAME on Ray Tune; started again, it resumes without redoing finished trials."""
     from pipeline.sweep import run_sweep, summary_lines
 
     try:
         summary = run_sweep(name, results_dir, seeds, smoke, _with_data_dir(parse_assignments(assignments), data_dir),
-                            address, cpus_per_trial,
-                            gpus_per_trial, max_failures, resume, storage_uri=storage)
-    except (KeyError, ValueError, TypeError, PermissionError, ConnectionError, FileNotFoundError) as error:
+                            address, cpus_per_trial, gpus_per_trial, max_failures, resume, storage_uri=storage,
+                            verbose=verbose)
+    except (KeyError, ValueError, TypeError, PermissionError, ConnectionError, FileNotFoundError, RuntimeError) as error:
         _fail(str(error.args[0]) if isinstance(error, KeyError) else str(error))
     for line in summary_lines(summary):
         click.echo(line)
+    if summary.interrupted or summary.unfinished:
+        raise SystemExit(130)  # like a shell's Ctrl-C: the sweep did not finish
     if summary.failed:
         raise SystemExit(1)
 

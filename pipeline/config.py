@@ -58,6 +58,7 @@ class ExperimentConfig:
     data_dir: str = ""  # "" = $MODULAR_DATA_DIR or ~/.cache/modular-masks/data; not part of any key
     eval_size: int = 4096
     checkpoint_every: int = 1000
+    log_every: int = 100  # steps between points of the training curves; not part of any key
     task_options: Any = field(default_factory=NoOptions)
     model: Any = None
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -69,7 +70,7 @@ class ExperimentConfig:
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
                 raise ValueError(f"{key} must not be negative, got {value}")
         for key in ("pretrain.steps", "mask.steps", "pretrain.batch_size", "mask.batch_size", "eval_size",
-                    "checkpoint_every", "mask.num_samples"):
+                    "checkpoint_every", "mask.num_samples", "log_every"):
             if values[key] < 1:
                 raise ValueError(f"{key} must be >= 1")
         if self.pretrain.optimizer not in OPTIMIZERS:
@@ -78,8 +79,9 @@ class ExperimentConfig:
 
 # Keys that pick the class of a settings section: set first, they reset that section to its defaults.
 SWITCHES = {"task": ("task_options", task_options), "model.builder": ("model", default_settings)}
-# Keys that say where things are, not what is computed: left out of every fingerprint.
-LOCATION_KEYS = ("data_dir",)
+# Keys that do not change what is computed (where data is, how often curves are logged): left out of
+# every fingerprint, so changing them finds the same trials.
+LOCATION_KEYS = ("data_dir", "log_every")
 
 
 def flatten(config) -> dict[str, object]:

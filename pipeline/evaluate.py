@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from models.masking import Masks, applied, keep_probability_histogram, union
-from pipeline.stages import TrialContext, load_network, mask_files
+from pipeline.stages import TrialContext, accuracy, load_network, mask_files
 
 HISTOGRAM_BINS = 500
 
@@ -37,13 +37,6 @@ def evaluate_masks(ctx: TrialContext, network: Path, mask_names: list[str]) -> d
     if hasattr(task, "mask_rows"):
         _extend(tables, task.mask_rows(model, masks))
     return tables
-
-
-@torch.no_grad()
-def accuracy(task, model: torch.nn.Module, batches: list) -> float:
-    """Share of examples the task scores correct."""
-    correct = torch.cat([task.correct(model, batch) for batch in batches])
-    return correct.float().mean().item()
 
 
 def _extend(tables: dict[str, list[dict]], more: dict[str, list[dict]]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,6 +14,8 @@ import pyarrow.parquet as pq
 from models.atomic import atomic_path
 
 log = logging.getLogger(__name__)
+
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 # -- Parquet ---------------------------------------------------------------------------------------
 def parquet_path(results_dir: Path, table: str, trial: str) -> Path:
@@ -50,7 +53,9 @@ def check_tracking(uri: str) -> None:
     """Fail fast, before any training, when the tracking store cannot be reached."""
     import mlflow
 
-    with _quick_http():
+    # The first client of a fresh sqlite file creates its schema: one process at a time (concurrent
+    # migrations of one file break it for good).
+    with _quick_http(), _store_lock(uri):
         try:
             mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
         except Exception as error:  # MLflow raises many types for an unreachable store
@@ -71,42 +76,109 @@ def _quick_http():
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
 
 
-def log_trial(uri: str, experiment: str, trial: str, params: dict, metrics: dict, tags: dict,
-              artifacts: list[tuple[str, Path]],
-              parent_run_id: str | None = None, artifact_root: Path | None = None) -> str:
-    """One MLflow run per trial, found again by its trial_id tag, so a re-run never duplicates it.
-
-    artifacts: (folder in the run's artifacts, local file or folder) pairs.
-    """
-    with _store_lock(uri):
-        return _log_trial(uri, experiment, trial, params, metrics, tags, artifacts, parent_run_id, artifact_root)
-
-
-def _log_trial(uri, experiment, trial, params, metrics, tags, artifacts, parent_run_id, artifact_root) -> str:
+def start_trial_run(uri: str, experiment: str, trial: str, params: dict, tags: dict,
+                    parent_run_id: str | None = None, artifact_root: Path | None = None) -> tuple[str, bool]:
+    """The trial's MLflow run, RUNNING from its first step: found again by its trial_id tag (a resumed
+    or retried trial continues its run), created with the resolved config as params otherwise.
+    -> (run_id, whether it existed before)."""
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    experiment_id = _experiment_id(client, experiment, artifact_root)
-    existing = client.search_runs([experiment_id], filter_string=f"tags.trial_id = '{trial}'", max_results=1)
-    if existing and existing[0].info.status == "FINISHED":
-        return existing[0].info.run_id
-    all_tags = {"trial_id": trial, **{k: str(v) for k, v in tags.items()}}
-    if parent_run_id:
-        all_tags["mlflow.parentRunId"] = parent_run_id
-    run = existing[0] if existing else client.create_run(experiment_id, run_name=trial, tags=all_tags)
-    run_id = run.info.run_id
-    client.log_batch(
-        run_id,
-        params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()] if not existing else [],
-        metrics=[mlflow.entities.Metric(k, float(v), 0, 0) for k, v in metrics.items()],
-    )
-    for folder, path in artifacts:
-        if path.is_dir():
-            client.log_artifacts(run_id, str(path), artifact_path=folder or None)
-        else:
-            client.log_artifact(run_id, str(path), artifact_path=folder or None)
-    client.set_terminated(run_id, "FINISHED")
-    return run_id
+    with _store_lock(uri):
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        experiment_id = _experiment_id(client, experiment, artifact_root)
+        existing = client.search_runs([experiment_id], filter_string=f"tags.trial_id = '{trial}'", max_results=1)
+        if existing:
+            run_id = existing[0].info.run_id
+            if existing[0].info.status != "FINISHED":
+                client.update_run(run_id, status="RUNNING")
+            return run_id, True
+        all_tags = {"trial_id": trial, **{k: str(v) for k, v in tags.items()}}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run_id = client.create_run(experiment_id, run_name=trial, tags=all_tags).info.run_id
+        params = [mlflow.entities.Param(k, str(v)) for k, v in params.items()]
+        for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+            client.log_batch(run_id, params=params[start:start + 100])
+        return run_id, False
+
+
+def finish_trial_run(uri: str, run_id: str, metrics: dict, artifacts: list[tuple[str, Path]]) -> None:
+    """Final metrics (step 0), artifacts ((run folder, local file or folder) pairs), FINISHED."""
+    import mlflow
+
+    now = int(time.time() * 1000)
+    with _store_lock(uri):
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        for folder, path in artifacts:
+            if path.is_dir():
+                client.log_artifacts(run_id, str(path), artifact_path=folder or None)
+            else:
+                client.log_artifact(run_id, str(path), artifact_path=folder or None)
+        client.set_terminated(run_id, "FINISHED")
+
+
+def end_trial_run(uri: str, run_id: str, error: BaseException) -> None:
+    """A trial that raised: FAILED with the error as a tag (KILLED when interrupted)."""
+    import mlflow
+
+    killed = isinstance(error, (KeyboardInterrupt, SystemExit))
+    with _store_lock(uri):
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:5000])
+        client.set_terminated(run_id, "KILLED" if killed else "FAILED")
+
+
+class MetricLogger:
+    """Training curves of one run, batched: metrics are kept in memory and sent with one log_batch
+    call every `interval` seconds (and on flush), so logging costs little of a step's time.
+
+    resumed=True: steps at or before the last one MLflow already has for a key (a trial resumed
+    from a checkpoint repeats steps) are dropped, so curves have no duplicate steps.
+    """
+
+    def __init__(self, uri: str, run_id: str, resumed: bool = False, interval: float = 5.0):
+        self.uri, self.run_id, self.resumed, self.interval = uri, run_id, resumed, interval
+        self.pending: list = []
+        self.last_step: dict[str, int] = {}
+        self.last_flush = time.monotonic()
+
+    def log(self, stage: str, step: int, metrics: dict) -> None:
+        """metrics {name: number} at `step` of `stage` -> keys "<stage>/<name>" ("mask add" -> "mask/add")."""
+        import mlflow
+
+        now = int(time.time() * 1000)
+        prefix = stage.replace(" ", "/")
+        for name, value in metrics.items():
+            key = f"{prefix}/{name}"
+            if step <= self._last_step(key):
+                continue
+            self.last_step[key] = step
+            self.pending.append(mlflow.entities.Metric(key, float(value), now, step))
+        if time.monotonic() - self.last_flush >= self.interval:
+            self.flush()
+
+    def _last_step(self, key: str) -> int:
+        if key not in self.last_step:
+            self.last_step[key] = -1
+            if self.resumed:
+                import mlflow
+
+                history = mlflow.MlflowClient(tracking_uri=self.uri).get_metric_history(self.run_id, key)
+                self.last_step[key] = max((m.step for m in history), default=-1)
+        return self.last_step[key]
+
+    def flush(self) -> None:
+        import mlflow
+
+        self.last_flush = time.monotonic()
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        with _store_lock(self.uri):
+            client = mlflow.MlflowClient(tracking_uri=self.uri)
+            for start in range(0, len(batch), 1000):  # MLflow takes at most 1000 metrics per batch
+                client.log_batch(self.run_id, metrics=batch[start:start + 1000])
 
 
 def _experiment_id(client, name: str, artifact_root: Path | None = None) -> str:
@@ -115,7 +187,8 @@ def _experiment_id(client, name: str, artifact_root: Path | None = None) -> str:
         return found.experiment_id
     location = (artifact_root / name).resolve().as_uri() if artifact_root else None
     try:
-        return client.create_experiment(name, artifact_location=location)
+        # MLflow 3's UI opens an experiment of this kind on its runs table (not the GenAI overview)
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
     except Exception:  # created concurrently by another trial
         return client.get_experiment_by_name(name).experiment_id
 
@@ -146,6 +219,8 @@ def sweep_parent_run(uri: str, sweep: str, artifact_root: Path | None = None) ->
         experiment_id = _experiment_id(client, sweep_experiment(sweep), artifact_root)
         found = client.search_runs([experiment_id], filter_string=f"tags.sweep_parent = '{sweep}'", max_results=1)
         if found:
+            if found[0].info.status != "RUNNING":  # the sweep is resumed or run again
+                client.update_run(found[0].info.run_id, status="RUNNING")
             return found[0].info.run_id
         return client.create_run(experiment_id, run_name=sweep, tags={"sweep": sweep, "sweep_parent": sweep}).info.run_id
 
@@ -155,9 +230,25 @@ def finish_sweep_parent_run(uri: str, run_id: str, summary: dict) -> None:
 
     with _store_lock(uri):
         client = mlflow.MlflowClient(tracking_uri=uri)
-        for key in ("done", "failed", "retried", "wall_seconds"):
+        for key in ("done", "failed", "unfinished", "retried", "resumed_trials", "wall_seconds"):
             client.log_metric(run_id, f"sweep/{key}", float(summary[key]))
-        client.set_terminated(run_id, "FINISHED" if summary["failed"] == 0 else "FAILED")
+        interrupted = summary["interrupted"] or summary["unfinished"]
+        client.set_terminated(run_id, "KILLED" if interrupted else "FAILED" if summary["failed"] else "FINISHED")
+
+
+def kill_running_children(uri: str, parent_run_id: str) -> int:
+    """Trial runs of a sweep still RUNNING when its driver ends (their workers were stopped) -> KILLED."""
+    import mlflow
+
+    with _store_lock(uri):
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        parent = client.get_run(parent_run_id)
+        running = client.search_runs([parent.info.experiment_id], max_results=10_000, filter_string=(
+            f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'"))
+        for run in running:
+            client.set_tag(run.info.run_id, "error", "the sweep stopped before this trial finished")
+            client.set_terminated(run.info.run_id, "KILLED")
+        return len(running)
 
 
 def log_analysis(uri: str, sweep: str, folder: Path) -> str:

@@ -86,18 +86,27 @@ def run_trial(config, results_dir: Path, parent_run_id: str | None = None,
         recorded = json.loads(done_marker.read_text())
         return TrialResult(trial, ctx.trial_dir, results_dir / "parquet", uri, recorded["run_id"], recorded["metrics"])
 
-    tables = get_study(config.study)(ctx)
-
     params = flatten(config) | {"task_version": task.version}
-    written = records.write_tables(tables, {"trial_id": trial, **params}, results_dir, trial)
-    metrics = summary_metrics(tables)
-    run_tags = {"experiment": config.experiment, "study": config.study, "task": config.task,
-                "model": config.model.builder, "seed": config.seed, "beta": config.mask.beta, **(tags or {})}
-    artifacts = [("", config_file), *[(f"tables/{path.parent.parent.name}", path) for path in written]]
-    if (ctx.trial_dir / "masks").is_dir():
-        artifacts.insert(0, ("masks", ctx.trial_dir / "masks"))
-    run_id = records.log_trial(uri, mlflow_experiment or f"modular/{config.experiment}", trial, params, metrics,
-                               run_tags, artifacts, parent_run_id, artifact_root=results_dir / "mlartifacts")
+    model_tags = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith("model.")}  # builder, size...
+    run_tags = {"experiment": config.experiment, "study": config.study, "task": config.task, **model_tags,
+                "seed": config.seed, "beta": config.mask.beta, **(tags or {})}
+    run_id, resumed = records.start_trial_run(uri, mlflow_experiment or f"modular/{config.experiment}", trial, params,
+                                              run_tags, parent_run_id, artifact_root=results_dir / "mlartifacts")
+    curves = records.MetricLogger(uri, run_id, resumed)
+    ctx.log_metrics = curves.log
+    try:
+        tables = get_study(config.study)(ctx)
+        curves.flush()
+        written = records.write_tables(tables, {"trial_id": trial, **params}, results_dir, trial)
+        metrics = summary_metrics(tables)
+        artifacts = [("", config_file), *[(f"tables/{path.parent.parent.name}", path) for path in written]]
+        if (ctx.trial_dir / "masks").is_dir():
+            artifacts.insert(0, ("masks", ctx.trial_dir / "masks"))
+        records.finish_trial_run(uri, run_id, metrics, artifacts)
+    except BaseException as error:
+        curves.flush()
+        records.end_trial_run(uri, run_id, error)
+        raise
     write_json_atomic({"run_id": run_id, "metrics": metrics}, done_marker)
     ctx.storage.push(*[ctx.relative(p) for p in written], ctx.relative(config_file), ctx.relative(done_marker))
     return TrialResult(trial, ctx.trial_dir, results_dir / "parquet", uri, run_id, metrics)

@@ -7,6 +7,7 @@ task (tasks.registry.Task) supplies data, loss and scoring, the model registry b
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 
 from models.atomic import atomic_path
-from models.masking import MaskConfig, MaskedModel, ParameterFilter, make_optimizer, training_step
+from models.masking import MaskConfig, MaskedModel, ParameterFilter, applied, make_optimizer, training_step
 from models.masking.masks import atomic_torch_save
 from models.registry import build_model
 from pipeline.config import LOCATION_KEYS, ExperimentConfig, PretrainConfig, fingerprint, flatten
@@ -27,6 +28,8 @@ from pipeline.storage import Storage
 log = logging.getLogger(__name__)
 
 LAYOUT_VERSION = 2  # of the results folder; bumped when trial ids or pretrain keys change
+VALIDATE_EVERY = 10  # validation accuracy on the curves every VALIDATE_EVERY * log_every steps
+VALIDATION_SIZE = 256  # examples in the curves' validation set
 
 
 # -- paths -----------------------------------------------------------------------------------------
@@ -76,40 +79,103 @@ class TrialContext:
         return path.relative_to(self.results_dir).as_posix()
 
     def stage(self, name: str, files: list[Path], produce: Callable[[], None]) -> None:
-        """Run `produce` unless its files exist here or in storage; files[-1] marks the stage finished
-        (produce writes it last), and the files are pushed to storage afterwards."""
-        relatives = [self.relative(f) for f in files]
+        """Run `produce` unless its files are here (or in storage) and match the checksums of the
+        stage's manifest, which is written last; then push files and manifest to storage."""
+        relatives = [self.relative(f) for f in [*files, manifest_path(files)]]
         self.storage.pull_all(*relatives)
-        if not files[-1].exists():
+        if not is_finished(files):
             produce()
+            write_manifest(files)
         self.storage.push(*relatives)
         self.stages_done.append(name)
         self.on_stage(name)
 
 
+# -- verified stages ---------------------------------------------------------------------------------
+def manifest_path(files: list[Path]) -> Path:
+    """<last file>.manifest.json: the sha256 of each of the stage's files; its presence marks the stage done."""
+    return files[-1].with_name(files[-1].name + ".manifest.json")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(files: list[Path]) -> None:
+    write_json_atomic({f.name: _sha256(f) for f in files}, manifest_path(files))
+
+
+def is_finished(files: list[Path]) -> bool:
+    """The stage's manifest exists and every file matches it. A file that is missing or does not
+    match (truncated, overwritten) is reported by name and the stage's files are removed, so the
+    stage is redone rather than its output used."""
+    manifest = manifest_path(files)
+    if not manifest.exists():
+        return False
+    try:
+        expected = json.loads(manifest.read_text())
+        bad = [f for f in files if not f.exists() or _sha256(f) != expected.get(f.name)]
+    except (OSError, ValueError) as error:
+        bad = [manifest]
+        log.warning("stage manifest %s is unreadable (%s)", manifest, error)
+    if not bad:
+        return True
+    log.warning("%s does not match its stage's checksum (corrupt or incomplete); redoing the stage",
+                ", ".join(str(f) for f in bad))
+    for f in [manifest, *files]:
+        f.unlink(missing_ok=True)
+    return False
+
+
 # -- a resumable loop ------------------------------------------------------------------------------
 def run_resumable(
-    step: Callable[[], None], state: dict, total_steps: int, checkpoint: Path, every: int, description: str
+    step: Callable[[], dict | None], state: dict, total_steps: int, checkpoint: Path, every: int, description: str,
+    report: Callable[[int, dict], None] | None = None, report_every: int = 100,
 ) -> None:
     """Call `step` until total_steps, saving `state` (objects with state_dict) every `every` steps.
 
     state also gets the data generator and torch's RNG so that a resumed run draws the same data.
+    step() may return {name: scalar tensor}; every `report_every` steps report(step, means) gets
+    their means over those steps (read from the tensors only then, so steps do not wait on them).
     """
-    done = 0
-    if checkpoint.exists():
+    done = _restore(state, checkpoint, description)
+    sums: dict = {}
+    with tqdm(total=total_steps, initial=done, desc=description, unit="step", mininterval=1.0) as bar:
+        for i in range(done, total_steps):
+            values = step() or {}
+            for name, value in values.items():
+                sums[name] = sums.get(name, 0.0) + value.detach()
+            bar.update(1)
+            if report and ((i + 1) % report_every == 0 or i + 1 == total_steps) and sums:
+                count = (i + 1) % report_every or report_every
+                report(i + 1, {name: float(total) / count for name, total in sums.items()})
+                sums = {}
+            if (i + 1) % every == 0 and i + 1 < total_steps:
+                payload = {n: o.get_state() if isinstance(o, torch.Generator) else o.state_dict() for n, o in state.items()}
+                atomic_torch_save(payload | {"step": i + 1, "torch_rng": torch.get_rng_state()}, checkpoint)
+
+
+def _restore(state: dict, checkpoint: Path, description: str) -> int:
+    """Load a mid-stage checkpoint into `state`. -> steps done (0 without one, or with a corrupt one,
+    which is reported and removed: the stage restarts from its beginning)."""
+    if not checkpoint.exists():
+        return 0
+    try:
         saved = torch.load(checkpoint, weights_only=False)
         for name, obj in state.items():
             obj.set_state(saved[name]) if isinstance(obj, torch.Generator) else obj.load_state_dict(saved[name])
         torch.set_rng_state(saved["torch_rng"])
-        done = saved["step"]
-        log.info("%s: resuming at step %d from %s", description, done, checkpoint)
-    with tqdm(total=total_steps, initial=done, desc=description, unit="step", mininterval=1.0) as bar:
-        for i in range(done, total_steps):
-            step()
-            bar.update(1)
-            if (i + 1) % every == 0 and i + 1 < total_steps:
-                payload = {n: o.get_state() if isinstance(o, torch.Generator) else o.state_dict() for n, o in state.items()}
-                atomic_torch_save(payload | {"step": i + 1, "torch_rng": torch.get_rng_state()}, checkpoint)
+    except Exception as error:  # torch raises several types for a truncated or foreign file
+        log.warning("%s: checkpoint %s is corrupt (%s: %s); restarting the stage from step 0", description,
+                    checkpoint, type(error).__name__, str(error)[:200])
+        checkpoint.unlink(missing_ok=True)
+        return 0
+    log.info("%s: resuming at step %d from %s", description, saved["step"], checkpoint)
+    return saved["step"]
 
 
 def learning_rate_schedule(optimizer, warmup_steps: int = 0, decay_steps: tuple[int, ...] = ()):
@@ -129,15 +195,17 @@ def pretrained_network(ctx: TrialContext, split: str | None = None) -> Path:
     split = split or ctx.task.pretrain_split
     folder = ctx.results_dir / "pretrained" / pretrain_key(ctx.config, ctx.task.version, split)
     final = folder / "model.pt"
-    files = [ctx.relative(folder / "config.json"), ctx.relative(final)]
-    ctx.storage.pull(files[-1])
-    if not final.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        # Concurrent trials of a sweep that share this network wait for one of them to train it.
-        with FileLock(folder / ".lock"):
-            if not final.exists():
-                train_network(ctx, split, folder, final)
-    ctx.storage.push(*files)
+    files = [folder / "config.json", final]
+    relatives = [ctx.relative(f) for f in [*files, manifest_path(files)]]
+    ctx.storage.pull_all(*relatives)
+    folder.mkdir(parents=True, exist_ok=True)
+    # Concurrent trials of a sweep that share this network wait for one of them to train it (a
+    # corrupt one is retrained once, by the first trial that finds it).
+    with FileLock(folder / ".lock"):
+        if not is_finished(files):
+            train_network(ctx, split, folder, final)
+            write_manifest(files)
+    ctx.storage.push(*relatives)
     name = "pretrain" if split == ctx.task.pretrain_split else f"pretrain {split}"
     ctx.stages_done.append(name)
     ctx.on_stage(name)
@@ -156,13 +224,25 @@ def train_network(ctx: TrialContext, split: str, folder: Path, final: Path) -> N
     def step():
         batch = task.sample(split, config.pretrain.batch_size, generator, device)
         optimizer.zero_grad(set_to_none=True)
-        task.loss(model, batch).backward()
+        loss = task.loss(model, batch)
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.pretrain.clip)
         optimizer.step()
         schedule.step()
+        return {"loss": loss}
+
+    validation = validation_batches(ctx, split)
+
+    def report(step_index: int, means: dict) -> None:
+        if step_index % (VALIDATE_EVERY * config.log_every) == 0 or step_index == config.pretrain.steps:
+            model.eval()
+            means["validation_accuracy"] = accuracy(task, model, validation)
+            model.train()
+        ctx.log_metrics(name, step_index, means | {"lr": schedule.get_last_lr()[0]})
 
     state = {"model": model, "optimizer": optimizer, "schedule": schedule, "generator": generator}
-    run_resumable(step, state, config.pretrain.steps, folder / "checkpoint.pt", config.checkpoint_every, name)
+    run_resumable(step, state, config.pretrain.steps, folder / "checkpoint.pt", config.checkpoint_every, name,
+                  report, config.log_every)
     write_json_atomic(flatten(config) | {"split": split}, folder / "config.json")
     atomic_torch_save(model.state_dict(), final)
     (folder / "checkpoint.pt").unlink(missing_ok=True)
@@ -178,7 +258,11 @@ def make_weight_optimizer(settings: PretrainConfig, parameters) -> torch.optim.O
 def load_network(ctx: TrialContext, path: Path) -> torch.nn.Module:
     """The saved network in eval mode (no dropout, BatchNorm uses its running statistics)."""
     model = build_model(ctx.config.model, ctx.task.dims)
-    model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
+    try:
+        model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
+    except Exception as error:
+        raise RuntimeError(f"cannot load the network {path} ({type(error).__name__}: {str(error)[:200]}); delete "
+                           f"its folder {path.parent} and run again to retrain it") from None
     return model.to(ctx.device).eval()
 
 
@@ -219,16 +303,52 @@ def _train_mask(ctx: TrialContext, name: str, split: str, network: Path, prepare
         return task.loss(masked, task.sample(split, config.mask.batch_size, generator, device))
 
     def step():
-        training_step(masked, optimizer, task_loss, clip=config.mask.clip)
+        loss = training_step(masked, optimizer, task_loss, clip=config.mask.clip)
         schedule.step()
+        return {"loss": loss}
+
+    validation = validation_batches(ctx, split)
+
+    def report(step_index: int, means: dict) -> None:
+        statistics = mask_statistics(masked)
+        total = means["loss"] + statistics["regularizer"]
+        ctx.log_metrics(f"mask {name}", step_index, means | statistics | {"total": total})
+        if step_index % (VALIDATE_EVERY * config.log_every) == 0 or step_index == config.mask.steps:
+            with applied(masked.model, masked.deterministic_masks()):
+                ctx.log_metrics(f"mask {name}", step_index,
+                                {"validation_accuracy": accuracy(task, masked.model, validation)})
 
     state = {"logits": masked.logits, "optimizer": optimizer, "schedule": schedule, "generator": generator}
     checkpoint = logits_file.with_name(f"{name}.checkpoint.pt")
     logits_file.parent.mkdir(parents=True, exist_ok=True)
-    run_resumable(step, state, config.mask.steps, checkpoint, config.checkpoint_every, f"mask {name}")
+    run_resumable(step, state, config.mask.steps, checkpoint, config.checkpoint_every, f"mask {name}",
+                  report, config.log_every)
     masked.deterministic_masks().save(masks_file)
     atomic_torch_save({n: l.detach().cpu() for n, l in masked.logits_by_name().items()}, logits_file)
     checkpoint.unlink(missing_ok=True)
+
+
+@torch.no_grad()
+def mask_statistics(masked: MaskedModel) -> dict[str, float]:
+    """Regulariser α·Σl, mean keep probability σ(l) and the share of weights the deterministic mask keeps."""
+    count = sum(l.numel() for l in masked.logits)
+    return {"regularizer": float(masked.regularization()),
+            "mean_keep_probability": float(sum(torch.sigmoid(l).sum() for l in masked.logits)) / count,
+            "kept_fraction": float(sum((l > 0).sum() for l in masked.logits)) / count}
+
+
+def validation_batches(ctx: TrialContext, split: str) -> list:
+    """A fixed, small validation set for the curves: `split`'s evaluation examples where the task
+    evaluates on that split, else its first evaluation split."""
+    task = ctx.task
+    chosen = split if split in task.eval_splits else task.eval_splits[0]
+    return list(task.eval_batches(chosen, min(ctx.config.eval_size, VALIDATION_SIZE), ctx.device))
+
+
+@torch.no_grad()
+def accuracy(task, model: torch.nn.Module, batches: list) -> float:
+    """Share of examples the task scores correct."""
+    return torch.cat([task.correct(model, batch) for batch in batches]).float().mean().item()
 
 
 def make_masked_model(config: ExperimentConfig, model: torch.nn.Module, **options) -> MaskedModel:

@@ -7,6 +7,7 @@ never duplicate a trial.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -14,6 +15,7 @@ import os
 import socket
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from pipeline import records
 from pipeline.config import override
 from pipeline.experiments import SweepSpec, get_experiment, get_sweep, task_of, validate
 from pipeline.run import check_results_dir, run_trial
-from pipeline.stages import trial_id
+from pipeline.stages import trial_id, write_json_atomic
 from pipeline.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -64,9 +66,7 @@ def sweep_trial(trial_config: dict) -> None:
     config = dataclasses.replace(config, seed=int(trial_config["seed"]), sweep=context["sweep"])
     results_dir = Path(context["results_dir"])
     version = task_of(config).version
-    attempt = _count_attempt(results_dir, config)
-    if context.get("fail_first_attempt") and attempt == 1:
-        raise RuntimeError("injected failure on the first attempt (fault-injection test)")
+    attempt, first_ever = _count_attempt(results_dir, config, context["driver"])
     stages = []
 
     previous = tune.get_checkpoint()
@@ -77,29 +77,33 @@ def sweep_trial(trial_config: dict) -> None:
     def report_stage(stage: str) -> None:
         # The stage's files (network, masks, optimizer state) live in the shared results directory,
         # keyed by trial id; the Tune checkpoint records which stage finished and where they are.
+        if context.get("fail_first_attempt") and first_ever:  # inside the trial: its MLflow run records it
+            raise RuntimeError(f"injected failure after stage {stage} of the first attempt (fault-injection test)")
         stages.append(stage)
         with tempfile.TemporaryDirectory() as folder:
             marker = {"stage": stage, "trial_dir": str(results_dir / "trials" / trial_id(config, version))}
             (Path(folder) / "stage.json").write_text(json.dumps(marker))
-            tune.report({"done": 0, "stage": stage, "stages_done": len(stages), "attempts": attempt},
-                        checkpoint=tune.Checkpoint.from_directory(folder))
+            tune.report({"done": 0, "stage": stage, "stages_done": len(stages), "attempts": attempt,
+                         "trial_dir": marker["trial_dir"]}, checkpoint=tune.Checkpoint.from_directory(folder))
 
     result = run_trial(config, results_dir, parent_run_id=context["parent_run_id"], tags={"sweep": context["sweep"]},
                        mlflow_experiment=records.sweep_experiment(context["sweep"]),
                        tracking_uri=context["tracking_uri"], on_stage=report_stage,
                        storage_uri=context["storage_uri"])
     tune.report({"done": 1, "stage": "evaluate", "stages_done": len(stages) + 1, "attempts": attempt,
-                 **{k.replace("/", "_"): v for k, v in result.metrics.items()}})
+                 "trial_dir": str(result.trial_dir), **{k.replace("/", "_"): v for k, v in result.metrics.items()}})
 
 
-def _count_attempt(results_dir: Path, config) -> int:
-    """Attempts of this trial so far, kept beside its files (for the retried count of the summary)."""
+def _count_attempt(results_dir: Path, config, driver: str) -> tuple[int, bool]:
+    """Attempts of this trial under this driver run (a second one is a retry after a failure; an
+    attempt under a later driver is a resume), kept beside its files. -> (attempt, first ever)."""
     folder = results_dir / "trials" / trial_id(config, task_of(config).version)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "attempts"
-    count = int(path.read_text()) + 1 if path.exists() else 1
-    path.write_text(str(count))
-    return count
+    path = folder / "attempts.json"
+    counts = json.loads(path.read_text()) if path.exists() else {}
+    counts[driver] = counts.get(driver, 0) + 1
+    write_json_atomic(counts, path)
+    return counts[driver], sum(counts.values()) == 1
 
 
 # -- the driver ---------------------------------------------------------------------------------------
@@ -108,12 +112,15 @@ class SweepSummary:
     name: str
     done: int
     failed: int
-    retried: int
+    unfinished: int  # not failed, not done: the sweep was interrupted
+    retried: int  # trials that failed in this run and were retried
+    resumed_trials: int  # trials continued from an earlier, interrupted run
     wall_seconds: float
     results_dir: Path
     tracking_uri: str
     parent_run_id: str
     resumed: bool
+    interrupted: bool = False
 
 
 def run_sweep(
@@ -130,6 +137,7 @@ def run_sweep(
     num_cpus: int | None = None,
     fail_first_attempt: bool = False,
     storage_uri: str | None = None,
+    verbose: bool = False,
 ) -> SweepSummary:
     """Run (or resume) sweep `name`. resume=None: resume when the sweep's Tune state exists."""
     import ray
@@ -152,15 +160,68 @@ def run_sweep(
     if resume and not exists:
         raise FileNotFoundError(f"nothing to resume: no sweep state at {sweep_dir}; run without --resume")
     resumed = exists if resume is None else resume
+    with _only_driver(results_dir, name):
+        return _run_as_driver(name, spec, space, results_dir, uri, storage, sweep_dir, resumed, address, num_cpus,
+                              cpus_per_trial, gpus_per_trial, max_failures, fail_first_attempt, storage_uri, verbose)
+
+
+def _run_as_driver(name, spec, space, results_dir, uri, storage, sweep_dir, resumed, address, num_cpus,
+                   cpus_per_trial, gpus_per_trial, max_failures, fail_first_attempt, storage_uri, verbose):
     parent = records.sweep_parent_run(uri, name, results_dir / "mlartifacts")
     space["context"] = {"results_dir": str(results_dir), "parent_run_id": parent, "sweep": name, "tracking_uri": uri,
-                        "storage_uri": storage_uri,
+                        "storage_uri": storage_uri, "driver": uuid.uuid4().hex,
                         "fail_first_attempt": fail_first_attempt}
     space["cpus_per_trial"] = cpus_per_trial
 
     start = time.time()
+    try:
+        grid, interrupted = _fit(name, space, spec, sweep_dir, storage, resumed, address, num_cpus, cpus_per_trial,
+                                 gpus_per_trial, max_failures, verbose)
+    except BaseException as error:  # no parent run left RUNNING, whatever stopped the sweep
+        records.kill_running_children(uri, parent)
+        records.end_trial_run(uri, parent, error)
+        raise
+    records.kill_running_children(uri, parent)
+    summary = _summarise(name, grid, results_dir, uri, parent, time.time() - start, resumed, interrupted,
+                         space["context"]["driver"])
+    records.finish_sweep_parent_run(uri, parent, dataclasses.asdict(summary))
+    return summary
+
+
+@contextlib.contextmanager
+def _only_driver(results_dir: Path, name: str):
+    """One driver per sweep and results folder: a second one would train every trial again."""
+    from filelock import FileLock, Timeout
+
+    folder = results_dir / "ray"
+    folder.mkdir(parents=True, exist_ok=True)
+    owner = folder / f"{name}.driver.json"
+    lock = FileLock(folder / f"{name}.driver.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        running = owner.read_text() if owner.exists() else "{}"
+        raise RuntimeError(f"sweep {name!r} is already running on {results_dir} (driver {running}); wait for it to "
+                           "end, stop it (Ctrl-C) and run the command again to resume, or use another --results-dir"
+                           ) from None
+    try:
+        write_json_atomic({"host": socket.gethostname(), "pid": os.getpid(), "started": time.ctime()}, owner)
+        yield
+    finally:
+        lock.release()
+
+
+def _fit(name, space, spec, sweep_dir, storage, resumed, address, num_cpus, cpus_per_trial, gpus_per_trial,
+         max_failures, verbose) -> tuple:
+    """Tune's fit on a local or remote Ray. -> (ResultGrid, interrupted by the user)."""
+    import ray
+    from ray import tune
+
+    # Tune's own table reporter (the legacy engine: the default one ignores progress_reporter);
+    # --verbose brings Tune's full default output back.
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
     ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
-             ignore_reinit_error=True, log_to_driver=False)
+             ignore_reinit_error=True, log_to_driver=verbose)
     try:
         trainable = tune.with_resources(sweep_trial, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
         if resumed:
@@ -171,24 +232,61 @@ def run_sweep(
                 trainable, param_space=space,
                 # one worker process serves trial after trial: no torch import or kernel compilation per trial
                 tune_config=tune.TuneConfig(reuse_actors=True),
-                run_config=tune.RunConfig(name=name, storage_path=storage,
-                                          failure_config=tune.FailureConfig(max_failures=max_failures),
-                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                                          verbose=1),
+                run_config=tune.RunConfig(
+                    name=name, storage_path=storage, failure_config=tune.FailureConfig(max_failures=max_failures),
+                    # Every checkpoint is a few bytes (stage.json). Keeping all of them means no forced state
+                    # snapshot per checkpoint (the cause of Tune's "snapshotting ... multiple times" warning)
+                    # and a driver killed mid-snapshot never points at a checkpoint already deleted.
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+                    progress_reporter=None if verbose else progress_reporter(spec),
+                    verbose=3 if verbose else 1),
             )
-        grid = tuner.fit()
+        try:
+            return tuner.fit(), False
+        except KeyboardInterrupt:
+            return tune.Tuner.restore(sweep_dir, trainable).get_results(), True
     finally:
         ray.shutdown()
-    summary = _summarise(name, grid, results_dir, uri, parent, time.time() - start, resumed)
-    records.finish_sweep_parent_run(uri, parent, dataclasses.asdict(summary))
-    return summary
 
 
-def _summarise(name, grid, results_dir, uri, parent, seconds, resumed) -> SweepSummary:
+def progress_reporter(spec: SweepSpec):
+    """One compact table: trial, status, its grid values, last finished stage; elapsed and ETA above."""
+    from ray.tune import CLIReporter
+
+    class SweepReporter(CLIReporter):
+        def report(self, trials, done, *sys_info):
+            finished = [t for t in trials if t.status == "TERMINATED"]
+            elapsed = time.time() - self.started
+            line = f"{len(finished)}/{len(trials)} trials finished, {elapsed / 60:.1f} min elapsed"
+            if finished and len(finished) < len(trials):
+                line += f", about {elapsed / len(finished) * (len(trials) - len(finished)) / 60:.1f} min left"
+            super().report(trials, done, line, *sys_info)
+
+    reporter = SweepReporter(
+        metric_columns={"stage": "last stage done"}, max_report_frequency=30, print_intermediate_tables=True,
+        parameter_columns={"experiment": "experiment", "seed": "seed", **{k: k for k in spec.grid}},
+        max_column_length=24, sort_by_metric=False)
+    reporter.started = time.time()
+    return reporter
+
+
+def _summarise(name, grid, results_dir, uri, parent, seconds, resumed, interrupted, driver) -> SweepSummary:
     failed = sum(1 for r in grid if r.error is not None)
-    done = len(grid) - failed
-    retried = sum(1 for r in grid if (r.metrics or {}).get("attempts", 1) > 1)
-    return SweepSummary(name, done, failed, retried, seconds, results_dir, uri, parent, resumed)
+    done = sum(1 for r in grid if r.error is None and (r.metrics or {}).get("done") == 1)
+    retried = resumed_trials = 0
+    for result in grid:
+        counts = _attempts(result, results_dir)
+        retried += counts.get(driver, 0) > 1
+        resumed_trials += bool(set(counts) - {driver})
+    return SweepSummary(name, done, failed, len(grid) - done - failed, retried, resumed_trials, seconds, results_dir,
+                        uri, parent, resumed, interrupted)
+
+
+def _attempts(result, results_dir: Path) -> dict:
+    """The trial's attempts per driver run (see _count_attempt), or {} if it never started."""
+    marker = (result.metrics or {}).get("trial_dir")
+    path = Path(marker) / "attempts.json" if marker else None
+    return json.loads(path.read_text()) if path and path.exists() else {}
 
 
 def check_ray_address(address: str) -> None:
@@ -208,12 +306,18 @@ def check_ray_address(address: str) -> None:
 
 
 def summary_lines(summary: SweepSummary) -> list[str]:
-    return [
-        f"sweep {summary.name}{' (resumed)' if summary.resumed else ''}: {summary.done} trials done, "
-        f"{summary.failed} failed, {summary.retried} retried, {summary.wall_seconds:.0f} s",
+    lines = [
+        f"sweep {summary.name}{' (resumed)' if summary.resumed else ''}"
+        f"{' INTERRUPTED' if summary.interrupted or summary.unfinished else ''}: {summary.done} trials done, "
+        f"{summary.failed} failed, {summary.unfinished} unfinished, {summary.retried} retried after a failure, "
+        f"{summary.resumed_trials} resumed from an earlier run, {summary.wall_seconds:.0f} s",
         f"Parquet:  {summary.results_dir / 'parquet'}",
         f"MLflow:   mlflow ui --backend-store-uri {summary.tracking_uri}  (parent run {summary.parent_run_id})",
     ]
+    if summary.unfinished or summary.failed:
+        lines.append(f"resume:   run the same `pipeline sweep {summary.name} ...` command again "
+                     f"(with --results-dir {summary.results_dir}); finished trials are not redone")
+    return lines
 
 
 __all__ = ["get_sweep", "run_sweep", "summary_lines"]

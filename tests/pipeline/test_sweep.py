@@ -1,5 +1,6 @@
 """Sweeps on a real local Ray instance, a real sqlite MLflow store and real Parquet files."""
 
+import json
 import os
 import signal
 import subprocess
@@ -52,8 +53,11 @@ def test_smoke_sweep_of_four_trials_then_every_figure_it_allows(tmp_path):
     # two seeds share nothing, two sizes share nothing: four pretrained nets
     assert len(list((tmp_path / "pretrained").iterdir())) == 4
     # each trial reported its stages to Tune with a checkpoint naming the last finished stage
-    markers = list((tmp_path / "ray" / "sharing-vs-capacity").glob("*/checkpoint_*/stage.json"))
-    assert len(markers) == 4 and all('"stage": "mask full"' in m.read_text() for m in markers)
+    trial_folders = [f for f in (tmp_path / "ray" / "sharing-vs-capacity").iterdir() if f.is_dir()]
+    assert len(trial_folders) == 4
+    for folder in trial_folders:  # one checkpoint per stage: pretrain, mask add, mask mul, mask full
+        markers = sorted(folder.glob("checkpoint_*/stage.json"))
+        assert [json.loads(m.read_text())["stage"] for m in markers] == ["pretrain", "mask add", "mask mul", "mask full"]
 
     result = CliRunner().invoke(main, ["analyze", "sharing-vs-capacity", "--results-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
@@ -77,9 +81,18 @@ def test_trial_that_fails_once_succeeds_on_retry(tmp_path):
 def test_errored_sweep_resumes_and_records_each_trial_once(tmp_path):
     first = _sweep(tmp_path, fail_first_attempt=True, max_failures=0)
     assert first.failed == 4
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    failed = [r for r in runs if "trial_id" in r.data.tags]
+    assert len(failed) == 4 and {r.info.status for r in failed} == {"FAILED"}  # each failed trial left a trace
+    assert all("injected failure" in r.data.tags["error"] for r in failed)
+    assert [r.info.status for r in runs if "sweep_parent" in r.data.tags] == ["FAILED"]
     resumed = _sweep(tmp_path, resume=True)
-    assert resumed.resumed and (resumed.done, resumed.failed) == (4, 0)
+    assert resumed.resumed and (resumed.done, resumed.failed, resumed.unfinished) == (4, 0, 0)
+    assert (resumed.retried, resumed.resumed_trials) == (0, 4)  # resumes are not retries
     _assert_each_trial_once(tmp_path, 4)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert {r.info.status for r in runs} == {"FINISHED"} and len(runs) == 5  # the same runs, now finished
 
 
 def test_killed_driver_then_same_command_resumes(tmp_path):
@@ -99,6 +112,28 @@ def test_killed_driver_then_same_command_resumes(tmp_path):
     summary = _sweep(tmp_path)  # the same sweep again: resumes
     assert summary.resumed and summary.failed == 0
     _assert_each_trial_once(tmp_path, 4)
+
+
+def test_interrupted_sweep_says_so_exits_130_and_leaves_no_run_running(tmp_path):
+    """One SIGINT during the first mask stage: not a success, and the same command resumes it."""
+    command = [sys.executable, "-m", "pipeline.cli", "sweep", "sharing-vs-capacity", "--smoke", "--seeds", "1",
+               "--results-dir", str(tmp_path), "--set", "pretrain.steps=40", "--set", "mask.steps=4000",
+               "--set", "mask.fused=false", "--set", "checkpoint_every=10", "--set", "eval_size=64"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=os.environ | {"MLFLOW_TRACKING_URI": ""})
+    deadline = time.time() + 240
+    while not list((tmp_path / "trials").glob("*/masks/add.checkpoint.pt")) and time.time() < deadline:
+        time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    output = process.communicate(timeout=240)[0]
+    assert process.returncode == 130, output[-3000:]
+    assert "INTERRUPTED: 0 trials done" in output and "2 unfinished" in output and "resume:" in output
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert runs and "RUNNING" not in {r.info.status for r in runs}
+    assert [r.info.status for r in runs if "sweep_parent" in r.data.tags] == ["KILLED"]
+    parent = [r for r in runs if "sweep_parent" in r.data.tags][0]
+    assert parent.data.metrics["sweep/done"] == 0 and parent.data.metrics["sweep/unfinished"] == 2
 
 
 @pytest.mark.parametrize(
@@ -140,3 +175,20 @@ def test_sweep_with_a_storage_uri_keeps_tune_state_and_results_there(tmp_path):
     assert len(list(bucket.glob("trials/*/recorded.json"))) == 4
     assert len(list(bucket.glob("parquet/metrics/trial_id=*/part-0.parquet"))) == 4
     assert len(list(bucket.glob("pretrained/*/model.pt"))) == 4
+
+
+def test_second_driver_of_a_running_sweep_refuses_and_names_the_first(tmp_path):
+    command = [sys.executable, "-m", "pipeline.cli", "sweep", "sharing-vs-capacity", "--smoke", "--seeds", "1",
+               "--results-dir", str(tmp_path), "--set", "pretrain.steps=4000", "--set", "mask.fused=false"]
+    first = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env=os.environ | {"MLFLOW_TRACKING_URI": ""})
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / "ray" / "sharing-vs-capacity.driver.json").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        result = CliRunner().invoke(main, command[3:])
+        assert result.exit_code != 0 and "is already running" in result.output
+        assert f'"pid": {first.pid}' in result.output
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
