@@ -28,9 +28,8 @@ from models.masking import training_step, union
 from models.masking.masks import atomic_torch_save, layer_of
 from models.registry import build_model
 from pipeline.config import ExperimentConfig, MaskStageConfig, PretrainConfig
-from pipeline.evaluate import accuracy
 from pipeline.experiments import SweepSpec, register_experiment, register_sweep
-from pipeline.stages import TrialContext, make_masked_model, run_resumable, write_json_atomic
+from pipeline.stages import TrialContext, accuracy, make_masked_model, mask_statistics, run_resumable, write_json_atomic
 from pipeline.studies import register_study
 from tasks.permuted_mnist import PermutedMNISTOptions
 
@@ -116,14 +115,19 @@ def train_phase(ctx: TrialContext, task, t: int) -> None:
     split = task.task_names[t]
 
     def step():
-        training_step(masked, optimizer, lambda: task.loss(masked, task.sample(split, config.mask.batch_size,
-                                                                              generator, device)),
-                      clip=config.mask.clip)
+        loss = training_step(masked, optimizer, lambda: task.loss(masked, task.sample(split, config.mask.batch_size,
+                                                                                     generator, device)),
+                             clip=config.mask.clip)
+        return {"loss": loss}
+
+    def report(step_index: int, means: dict) -> None:
+        ctx.log_metrics(f"task {t}", step_index, means | mask_statistics(masked))
 
     checkpoint = weights_file.with_name("checkpoint.pt")
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     state = {"masked": masked, "optimizer": optimizer, "generator": generator}
-    run_resumable(step, state, config.mask.steps, checkpoint, config.checkpoint_every, f"task {t}")
+    run_resumable(step, state, config.mask.steps, checkpoint, config.checkpoint_every, f"task {t}", report,
+                  config.log_every)
     weights = settled_weights(masked)
     masks = masked.deterministic_masks()
     masks.save(masks_file)
