@@ -157,6 +157,7 @@ def test_resume_inside_a_task_gives_identical_results(shared_data, tmp_path, mon
         assert evaluation[0] == evaluation[1]
 
 
+@pytest.mark.slow
 def test_bad_settings_are_rejected_before_any_work(shared_data, tmp_path):
     with pytest.raises(ValueError, match="logit_init must be one of"):
         run_trial(small(shared_data, **{"task_options.logit_init": "prefer-new"}), tmp_path)
