@@ -25,31 +25,40 @@ class Seq2SeqTransformer(nn.Module):
         if tied and input_vocab != output_vocab:
             raise ValueError(f"tied embeddings need one vocabulary, got input {input_vocab} and output {output_vocab}")
         self.source_embedding = nn.Embedding(input_vocab, d_model)
-        self.target_embedding = self.source_embedding if tied else nn.Embedding(output_vocab, d_model)
+        # Tied: no second name for the one embedding module (torch.func.functional_call, which masking uses,
+        # does not restore a module registered under two names correctly).
+        self.target_embedding = None if tied else nn.Embedding(output_vocab, d_model)
         self.register_buffer("positions", _sinusoidal_positions(max_length, d_model), persistent=False)
         self.transformer = nn.Transformer(d_model, num_heads, num_layers, num_layers, feedforward, dropout=dropout,
                                           batch_first=True)
+        # Padded sources as nested tensors are an inference shortcut that vmap (mask samples) cannot batch.
+        self.transformer.encoder.enable_nested_tensor = self.transformer.encoder.use_nested_tensor = False
         self.output_layer = nn.Linear(d_model, output_vocab, bias=not tied)
         if tied:
             self.output_layer.weight = self.source_embedding.weight
 
-    def forward(self, source: Tensor, target: Tensor) -> Tensor:
+    def forward(self, source: Tensor, target: Tensor, source_padding: Tensor | None = None) -> Tensor:
+        """source_padding [B, S] bool, True at padding: neither the encoder nor the decoder attends there
+        (so an example's output does not depend on how much padding its batch needed)."""
         src = self.source_embedding(source) + self.positions[: source.shape[1]]
-        tgt = self.target_embedding(target) + self.positions[: target.shape[1]]
+        tgt = (self.target_embedding or self.source_embedding)(target) + self.positions[: target.shape[1]]
         causal = nn.Transformer.generate_square_subsequent_mask(target.shape[1], device=target.device)
-        return self.output_layer(self.transformer(src, tgt, tgt_mask=causal, tgt_is_causal=True))
+        decoded = self.transformer(src, tgt, tgt_mask=causal, tgt_is_causal=True, src_key_padding_mask=source_padding,
+                                   memory_key_padding_mask=source_padding)
+        return self.output_layer(decoded)
 
 
 @torch.no_grad()
-def greedy_decode(model: nn.Module, source: Tensor, start_token: int, steps: int) -> Tensor:
+def greedy_decode(model: nn.Module, source: Tensor, start_token: int, steps: int, *inputs: Tensor) -> Tensor:
     """Decode without teacher forcing: [B, S] source -> [B, steps] predicted tokens.
 
-    Works for any model(source, target_prefix) -> [B, T, vocab] logits whose output at t depends
-    on the prefix up to t only; the decoder is re-run on the growing prefix.
+    Works for any model(source, target_prefix, *inputs) -> [B, T, vocab] logits whose output at t
+    depends on the prefix up to t only; the decoder is re-run on the growing prefix. `inputs` are
+    passed on unchanged (e.g. the source padding mask of Seq2SeqTransformer).
     """
     prefix = torch.full((source.shape[0], 1), start_token, dtype=torch.long, device=source.device)
     for _ in range(steps):
-        next_token = model(source, prefix)[:, -1].argmax(-1, keepdim=True)
+        next_token = model(source, prefix, *inputs)[:, -1].argmax(-1, keepdim=True)
         prefix = torch.cat([prefix, next_token], 1)
     return prefix[:, 1:]
 
