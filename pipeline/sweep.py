@@ -140,6 +140,8 @@ def run_sweep(
     verbose: bool = False,
 ) -> SweepSummary:
     """Run (or resume) sweep `name`. resume=None: resume when the sweep's Tune state exists."""
+    if not verbose:  # read when ray is imported: no warning line per retry of a failing connection
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     import ray
     from ray import tune
 
@@ -270,8 +272,6 @@ def _join_cluster(address: str, verbose: bool) -> None:
             os.environ["RAY_AUTH_MODE"] = "token"
     else:
         maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-    if not verbose:
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # not one warning per connection retry
     try:
         ray.init(address=address, include_dashboard=False, ignore_reinit_error=True, log_to_driver=verbose)
     except (ConnectionError, RuntimeError) as error:

@@ -246,7 +246,6 @@ def test_joining_a_cluster_with_token_authentication(tmp_path, monkeypatch):
         output = result.stdout + result.stderr
         assert result.returncode != 0 and "cannot join the Ray cluster" in output, output[-3000:]
         assert "auth_token" in output and "Traceback" not in output
-        assert output.count("InvalidAuthToken") <= 1  # one error, not a warning per retry
         client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'bad' / 'mlflow.db'}")
         runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
         assert [r.info.status for r in runs] == ["FAILED"]
