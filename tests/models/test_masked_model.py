@@ -1,11 +1,10 @@
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 from models.fnn import build_fnn
 from models.masking import MaskConfig, MaskedModel, ParameterFilter, make_optimizer, training_step
-from tests.models.architectures import architectures
+from tests.models.architectures import architectures, vision_transformer
 from tests.models.reference import flat_outputs, masked_weights, per_sample_reference
 
 ARCHITECTURES = architectures()
@@ -203,7 +202,7 @@ def test_in_kernel_noise_is_uniform_and_keeps_with_probability_sigmoid_logit():
 def _attention_models():
     """name -> (model builder, input builder for a batch of B): attention in every form PyTorch has."""
     return {
-        "vision-transformer": (_vision_transformer, lambda b: (torch.randn(b, 3, 8, 8),)),
+        "vision-transformer": (vision_transformer, lambda b: (torch.randn(b, 3, 8, 8),)),
         "transformer-encoder": (
             lambda: nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), 2),
             lambda b: (torch.randn(b, 5, 8),),
@@ -215,13 +214,6 @@ def _attention_models():
         "seq2seq-transformer": ARCHITECTURES["transformer"],
         "unseen": ARCHITECTURES["unseen"],
     }
-
-
-def _vision_transformer():
-    model = torchvision.models.VisionTransformer(image_size=8, patch_size=4, num_layers=1, num_heads=2, hidden_dim=8,
-                                                 mlp_dim=16, num_classes=3)
-    nn.init.normal_(model.heads.head.weight)  # torchvision starts the head at zero: no gradient would flow
-    return model
 
 
 ATTENTION_MODELS = _attention_models()
