@@ -436,3 +436,39 @@ def test_an_output_without_one_batch_dimension_is_a_clear_error(make_output, mes
 
     with pytest.raises(ValueError, match=message):
         MaskedModel(Model(), MaskConfig(num_samples=2))(torch.randn(4, 3))
+
+
+class _MetaUnfriendly(nn.Module):
+    """Makes a tensor on the CPU inside forward, which meta tensors cannot mix with: the output
+    layout must then be found by a real forward. [B, 3] -> ([B, 3], [3, B])."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(3, 3)
+        self.norm = nn.BatchNorm1d(3)
+        self.dropout = nn.Dropout(0.5)
+
+    def forward(self, x):
+        y = self.dropout(self.norm(self.linear(x))) + torch.ones(x.shape[0], 3)
+        return y, y.t()
+
+
+def test_a_model_meta_tensors_cannot_run_has_its_output_layout_found_without_side_effects():
+    model = _MetaUnfriendly().train()
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    masked = MaskedModel(model, MaskConfig(num_samples=2))
+    uniforms, x = masked.sample_uniforms(), torch.randn(6, 3)
+
+    torch.manual_seed(0)
+    first = masked.forward_with_uniforms(uniforms, x)  # runs the model once more to find the layout
+    after_first = torch.rand(3)
+    torch.manual_seed(0)
+    second = masked.forward_with_uniforms(uniforms, x)  # the layout is known
+    after_second = torch.rand(3)
+
+    assert [tuple(o.shape) for o in first] == [(6, 3), (3, 6)]
+    torch.testing.assert_close(first[1], first[0].t())
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert torch.equal(after_first, after_second), "the layout probe moved the random state"
+    for name, b in model.named_buffers():
+        assert torch.equal(b, buffers[name]), name
