@@ -9,6 +9,20 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from torch.utils._pytree import tree_map
 
+from models.masking.batching import (
+    any_requires_grad,
+    attention_fast_path_disabled,
+    buffer_copies,
+    join_samples,
+    non_differentiable_operation,
+    output_batch_dims,
+    random_state_snapshot,
+    sample,
+    shape_signature,
+    split_inputs,
+    stack_samples,
+    whole_batch_output_shapes,
+)
 from models.masking.config import MaskConfig, ParameterFilter
 from models.masking.masks import Masks
 from models.masking.sampling import (
@@ -21,14 +35,27 @@ from models.masking.sampling import (
 
 log = logging.getLogger(__name__)
 
+_MAX_CACHED_SIGNATURES = 256  # output layouts kept, one per distinct input shape (sequence lengths vary)
+
 
 class MaskedModel(nn.Module):
     """A frozen (or partly trainable) model seen through K sampled binary weight masks.
 
-    forward(*inputs, **options) splits every positional tensor along dim 0 (the batch, B) into K
-    slices of B/K, applies mask sample k to slice k, and returns outputs of the model's own shape.
-    Keyword arguments are passed unchanged to every sample. The K samples run as one vmapped call
-    of the model; modules PyTorch cannot vmap fall back to a per-sample loop with a warning.
+    forward(*inputs, **options) splits every tensor of the positional inputs along its batch
+    dimension (B; dim 0, or `batch_dims`: one dim for all inputs or one per positional input, e.g. 1
+    for a time-first nn.GRU) into K slices of B/K, applies mask sample k to slice k, and returns
+    what the model returns for the whole batch: each output's slices are joined along that
+    output's own batch dimension (found once per input shape by comparing the model's output
+    shapes for the whole batch, on the meta device, with those for one slice). Keyword arguments
+    are passed unchanged to every sample.
+
+    The K samples run as one vmapped call of the model. Where vmap cannot batch a module (nn.LSTM,
+    nn.GRU: no batching rule), the first call finds out, checks that the per-sample loop runs on the
+    same inputs, logs one warning and loops from then on (`batched` becomes False); any other error
+    propagates. The model's buffers never change: each forward works on copies (BatchNorm in train
+    mode normalises with each slice's statistics and its running statistics stay as they were).
+    Modules with an inference fast path (nn.MultiheadAttention, nn.Transformer*) run their
+    differentiable path in eval mode, with eval semantics.
 
     train_weights=False: the model's weights get requires_grad=False and never change.
     train_weights=True: the weights train with the masks, except entries where `frozen_weights`
@@ -46,6 +73,7 @@ class MaskedModel(nn.Module):
         train_weights: bool = False,
         frozen_weights: dict[str, Tensor] | None = None,
         fused: bool = False,
+        batch_dims: int | tuple[int, ...] = 0,
     ):
         super().__init__()
         self.model = model
@@ -57,8 +85,11 @@ class MaskedModel(nn.Module):
         self.train_weights = train_weights
         model.requires_grad_(train_weights)
         self._frozen = self._register_frozen(params, frozen_weights or {})
-        self.batched = True
+        self.batched = True  # uses the vmapped path; False once vmap is found unable to batch the model
+        self._vmap_verified = False
+        self._output_batch_dims: dict = {}  # input shape signature -> batch dimension of each output
         self.fused = fused
+        self.batch_dims = batch_dims
 
     def _register_frozen(self, params: dict[str, Tensor], frozen_weights: dict[str, Tensor]) -> list[str]:
         if frozen_weights and not self.train_weights:
@@ -121,14 +152,14 @@ class MaskedModel(nn.Module):
         K, temperature = self.config.num_samples, self.config.temperature
         stacked, shared = self._masked_weight_stacks(
             lambda weight, logit, i: keyed_masked_weight_samples(weight, logit, keys[i], K, temperature))
-        return self._batched_or_looped(stacked, shared, inputs, options)
+        return self._run_samples(stacked, shared, inputs, options)
 
     def forward_with_uniforms(self, uniforms: list[Tensor], *inputs, **options):
         """The forward pass for given noise (one [K, *S] uniform tensor per masked parameter)."""
         self._check_noise(uniforms)
         stacked, shared = self._masked_weight_stacks(
             lambda weight, logit, i: masked_weight_samples(weight, logit, uniforms[i], self.config.temperature))
-        return self._batched_or_looped(stacked, shared, inputs, options)
+        return self._run_samples(stacked, shared, inputs, options)
 
     def forward_reference(self, uniforms: list[Tensor], *inputs, **options):
         """Per-sample loop with the paper's eq. 1-2 written out: the reference for tests."""
@@ -136,25 +167,47 @@ class MaskedModel(nn.Module):
         stacked, shared = self._masked_weight_stacks(
             lambda weight, logit, i: masked_weight_samples_reference(weight, logit, uniforms[i],
                                                                      self.config.temperature))
-        return self._looped(stacked, shared, self._slice(inputs), options)
+        return self._run_samples(stacked, shared, inputs, options, looped=True)
 
     def _check_noise(self, uniforms: list[Tensor]) -> None:
         if len(uniforms) != len(self.names):
             raise ValueError(f"expected {len(self.names)} uniform tensors, got {len(uniforms)}")
 
-    def _slice(self, inputs: tuple) -> list:
-        return [_split_batch(x, self.config.num_samples) if torch.is_tensor(x) else x for x in inputs]
+    def _run_samples(self, stacked: dict, shared: dict, inputs: tuple, options: dict, looped: bool = False):
+        """The model's own outputs for the whole batch, slice k computed with mask sample k."""
+        with attention_fast_path_disabled():
+            sliced = self._slice(inputs)
+            if looped or not self.batched:
+                outputs = self._looped(stacked, shared, sliced, options)
+            elif self._vmap_verified:
+                outputs = self._vmapped(stacked, shared, sliced, options)
+            else:
+                outputs = self._first_batched(stacked, shared, sliced, options)
+            return self._joined(outputs, inputs, options)
 
-    def _batched_or_looped(self, stacked: dict, shared: dict, inputs: tuple, options: dict):
-        """Outputs [B, ...] as the model's own."""
-        sliced = self._slice(inputs)
-        if self.batched:
-            try:
-                return self._vmapped(stacked, shared, sliced, options)
-            except (RuntimeError, NotImplementedError) as error:
-                log.warning("vmap cannot batch %s (%s); using a per-sample loop", type(self.model).__name__, error)
-                self.batched = False
-        return self._looped(stacked, shared, sliced, options)
+    def _first_batched(self, stacked: dict, shared: dict, sliced: list, options: dict):
+        """vmap, unless it cannot batch the model: decided once, on the first call with gradients.
+
+        vmap failing proves nothing by itself (a wrongly shaped input fails it too), so the
+        per-sample loop then runs on the same inputs: if it fails as well, its error is the
+        caller's and propagates, and the next call tries vmap again. vmap also "succeeds" through
+        an inference fast path without a derivative; that is found in the autograd graph.
+        """
+        restore_random_state = random_state_snapshot(self.logits[0].device)
+        try:
+            outputs = self._vmapped(stacked, shared, sliced, options)
+            reason = non_differentiable_operation(outputs)
+        except Exception as error:  # broad on purpose: the loop below tells the module's failure from the caller's
+            reason = f"{type(error).__name__}: {error}"
+        if reason is None:
+            self._vmap_verified = any_requires_grad(outputs)
+            return outputs
+        restore_random_state()  # the failed attempt's dropout must not shift the loop's noise
+        outputs = self._looped(stacked, shared, sliced, options)
+        log.warning("vmap cannot batch %s (%s); its K mask samples run in a per-sample loop from now on",
+                    type(self.model).__name__, reason)
+        self.batched = False
+        return outputs
 
     def _masked_weight_stacks(self, mask_function) -> tuple[dict, dict]:
         """mask_function(weight, logits, index) -> [K, *S] for each masked parameter."""
@@ -164,21 +217,43 @@ class MaskedModel(nn.Module):
         shared = {n: w for n, w in weights.items() if n not in stacked}
         return stacked, shared
 
-    def _vmapped(self, stacked: dict, shared: dict, sliced: list, options: dict):
-        def one_sample(stacked_k, *inputs_k):
-            return functional_call(self.model, {**shared, **stacked_k}, inputs_k, options, strict=False)
+    def _slice(self, inputs: tuple) -> list:
+        return split_inputs(inputs, self.batch_dims, self.config.num_samples)
 
-        in_dims = (0, *[0 if torch.is_tensor(x) else None for x in sliced])
-        outputs = vmap(one_sample, in_dims=in_dims, randomness="different")(stacked, *sliced)
-        return tree_map(_merge_batch, outputs)
+    def _vmapped(self, stacked: dict, shared: dict, sliced: list, options: dict):
+        """One vmapped call of the model: a tree of [K, ...] outputs."""
+        per_sample_buffers, shared_buffers = buffer_copies(self.model, self.config.num_samples)
+
+        def one_sample(stacked_k, buffers_k, *inputs_k):
+            tensors = {**shared, **shared_buffers, **buffers_k, **stacked_k}
+            return functional_call(self.model, tensors, inputs_k, options, strict=False)
+
+        in_dims = (0, 0, *tree_map(lambda x: 0 if torch.is_tensor(x) else None, sliced))
+        return vmap(one_sample, in_dims=in_dims, randomness="different")(stacked, per_sample_buffers, *sliced)
 
     def _looped(self, stacked: dict, shared: dict, sliced: list, options: dict):
+        """K calls of the model, one per sample: a tree of [K, ...] outputs."""
+        per_sample_buffers, shared_buffers = buffer_copies(self.model, self.config.num_samples)
         outputs = []
         for k in range(self.config.num_samples):
-            params = {**shared, **{n: w[k] for n, w in stacked.items()}}
-            inputs_k = [x[k] if torch.is_tensor(x) else x for x in sliced]
-            outputs.append(functional_call(self.model, params, tuple(inputs_k), options, strict=False))
-        return tree_map(lambda *parts: torch.cat(parts, 0), *outputs) if len(outputs) > 1 else outputs[0]
+            tensors = {**shared, **shared_buffers, **sample(per_sample_buffers, k), **sample(stacked, k)}
+            outputs.append(functional_call(self.model, tensors, tuple(sample(sliced, k)), options, strict=False))
+        return stack_samples(outputs)
+
+    def _joined(self, outputs, inputs: tuple, options: dict):
+        """A tree of [K, ...] per-sample outputs -> the model's own outputs for the whole batch."""
+        if self.config.num_samples == 1:
+            return sample(outputs, 0)
+        signature = shape_signature(inputs, options, self.model.training)
+        dims = self._output_batch_dims.get(signature) if signature is not None else None
+        if dims is None:
+            whole = whole_batch_output_shapes(self.model, inputs, options)
+            dims = output_batch_dims(whole, outputs, self.config.num_samples)
+            if signature is not None:
+                if len(self._output_batch_dims) >= _MAX_CACHED_SIGNATURES:
+                    self._output_batch_dims.clear()
+                self._output_batch_dims[signature] = dims
+        return join_samples(outputs, dims)
 
 
 def _new_logits(weight: Tensor, value: float) -> Tensor:
@@ -187,18 +262,3 @@ def _new_logits(weight: Tensor, value: float) -> Tensor:
     if weight.dim() == 2:
         return torch.full((weight.shape[1], weight.shape[0]), value, device=weight.device).t()
     return torch.full_like(weight, value, dtype=torch.float32)
-
-
-def _split_batch(x: Tensor, num_samples: int) -> Tensor:
-    """[B, ...] -> [K, B/K, ...]."""
-    if x.dim() == 0 or x.shape[0] % num_samples:
-        raise ValueError(
-            f"batch size {x.shape[0] if x.dim() else 'of a scalar'} is not divisible by the number of mask samples "
-            f"K={num_samples}; use a batch size that is a multiple of {num_samples}"
-        )
-    return x.reshape(num_samples, x.shape[0] // num_samples, *x.shape[1:])
-
-
-def _merge_batch(x):
-    """[K, B/K, ...] -> [B, ...]."""
-    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]) if torch.is_tensor(x) else x

@@ -46,3 +46,66 @@ def architectures():
             lambda b: (torch.randn(b, 3, 32, 32),),
         ),
     }
+
+
+def vision_transformer():
+    """A tiny torchvision ViT: [B, 3, 8, 8] -> [B, 3]."""
+    model = torchvision.models.VisionTransformer(image_size=8, patch_size=4, num_layers=1, num_heads=2, hidden_dim=8,
+                                                 mlp_dim=16, num_classes=3)
+    nn.init.normal_(model.heads.head.weight)  # torchvision starts the head at zero: no gradient would flow
+    return model
+
+
+class TiedLanguageModel(nn.Module):
+    """Embedding and read-out share one weight: [B, L] ids -> [B, L, 13]."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(13, 8)
+        self.mix = nn.Linear(8, 8)
+        self.read_out = nn.Linear(8, 13, bias=False)
+        self.read_out.weight = self.embed.weight
+
+    def forward(self, ids):
+        return self.read_out(torch.tanh(self.mix(self.embed(ids))))
+
+
+def _with_batchnorm_statistics(model: nn.Module, input_shape: tuple) -> nn.Module:
+    """BatchNorm running statistics as training leaves them (at initialisation they are 0 and 1, and
+    in eval mode mobilenet's squeeze-excitation gates then saturate: no gradient passes them)."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(20):
+            model(torch.randn(16, *input_shape))
+    return model
+
+
+def unseen_modules():
+    """name -> (model builder, input builder for a batch of B, batch_dims, whether vmap can batch it):
+    modules of every kind that nothing in the project builds, for the masking core's contract test.
+    torchvision models are built without weights: nothing is downloaded."""
+    return {
+        "conv-batchnorm": (
+            lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                  nn.Flatten(), nn.Linear(4, 3)),
+            lambda b: (torch.randn(b, 3, 6, 6),), 0, True,
+        ),
+        "torchvision-mobilenet": (
+            lambda: _with_batchnorm_statistics(torchvision.models.mobilenet_v3_small(weights=None, num_classes=3),
+                                               (3, 32, 32)),
+            lambda b: (torch.randn(b, 3, 32, 32),), 0, True,
+        ),
+        "torchvision-resnet18": (
+            lambda: torchvision.models.resnet18(weights=None, num_classes=3),
+            lambda b: (torch.randn(b, 3, 16, 16),), 0, True,
+        ),
+        "vision-transformer": (vision_transformer, lambda b: (torch.randn(b, 3, 8, 8),), 0, True),
+        "transformer-encoder": (
+            lambda: nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), 2),
+            lambda b: (torch.randn(b, 5, 8),), 0, True,
+        ),
+        "self-attention": (UnseenModel, lambda b: (torch.randint(0, 13, (b, 6)),), 0, True),
+        "gru-time-first": (lambda: nn.GRU(4, 8, num_layers=2), lambda b: (torch.randn(5, b, 4),), 1, False),
+        "lstm": (lambda: nn.LSTM(4, 8, batch_first=True), lambda b: (torch.randn(b, 5, 4),), 0, False),
+        "tied-weights": (TiedLanguageModel, lambda b: (torch.randint(0, 13, (b, 6)),), 0, True),
+    }
