@@ -67,6 +67,11 @@ def default_settings(name: str):
     return family.settings(builder=name)
 
 
+def model_settings(name: str, **values):
+    """The family's settings with `values` replacing defaults: model_settings("fnn", size="big")."""
+    return dataclasses.replace(default_settings(name), **values)
+
+
 def build_model(settings, dims: dict[str, int]) -> nn.Module:
     """Build the model `settings` describes for a task that provides `dims`."""
     family = model_family(settings.builder)

@@ -78,6 +78,7 @@ def load_cifar10(root: Path, train: bool, download: bool) -> tuple[Images, list[
 class Cifar10Task:
     version = 1
     Options = Cifar10Options
+    pair_mask_suffixes = PAIR_MASK_SUFFIXES
     pretrain_split = "all"
     eval_splits = ("test",)
 

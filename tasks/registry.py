@@ -88,6 +88,11 @@ def task_options(name: str):
     return getattr(task_class(name), "Options", NoOptions)()
 
 
+def options_for(name: str, **values):
+    """The task's settings with `values` replacing defaults: options_for("addmul", presentation="repeat3")."""
+    return dataclasses.replace(task_options(name), **values)
+
+
 def get_task(name: str, options=None, data_dir: str | Path | None = None):
     """A fresh instance of the task `name` with its options (defaults if None) and data folder."""
     cls = task_class(name)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.fnn import FNNSettings
-from models.lstm import LSTMSettings
+from models.registry import model_settings
 from pipeline.config import ExperimentConfig, MaskStageConfig
 from pipeline.experiments import SweepSpec, register_experiment, register_sweep
-from tasks.arithmetic import ArithmeticOptions
+from tasks.registry import options_for
 
-_BIG_FNN = FNNSettings(size="big")
-_LSTM = LSTMSettings(hidden=256)
+_BIG_FNN = model_settings("fnn", size="big")
+_LSTM = model_settings("lstm", hidden=256)
 _COMMON_SMOKE = {"eval_size": 1024, "checkpoint_every": 500, "pretrain.steps": 5000, "mask.steps": 1500}
 _FNN_SMOKE = _COMMON_SMOKE | {"model.size": "small"}
 _LSTM_SMOKE = _COMMON_SMOKE | {"model.hidden": 64}
@@ -19,7 +18,8 @@ _FNN_TINY, _LSTM_TINY = {"model.size": "16"}, {"model.hidden": 16}
 
 
 def _arithmetic(task: str, presentation: str, model, **fields) -> ExperimentConfig:
-    return ExperimentConfig(task=task, task_options=ArithmeticOptions(presentation), model=model, **fields)
+    return ExperimentConfig(task=task, task_options=options_for(task, presentation=presentation), model=model,
+                            **fields)
 
 
 register_experiment("addmul-fnn", _arithmetic("addmul", "direct", _BIG_FNN), _FNN_SMOKE,

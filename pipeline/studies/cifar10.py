@@ -21,15 +21,14 @@ from typing import Callable
 import torch
 from torch import nn
 
-from models.cnn import SimpleCNNSettings
 from models.masking import MaskedModel, Masks, applied, iou
-from models.resnet import ResNetSettings
+from models.registry import model_settings
 from pipeline.config import ExperimentConfig, MaskStageConfig, PretrainConfig
 from pipeline.evaluate import accuracy, evaluate_masks, histogram_rows
 from pipeline.experiments import SweepSpec, register_experiment, register_sweep
 from pipeline.stages import TrialContext, load_network, mask_files, pretrained_network, train_mask
 from pipeline.studies import register_study
-from tasks.cifar10 import PAIR_MASK_SUFFIXES, Cifar10Options
+from tasks.registry import options_for
 
 FIXED_LOGIT = 100.0  # σ(±100) is 1 or 0 in float32: the mask sample always equals the fixed mask
 
@@ -76,12 +75,14 @@ def fix_output_layer(control_logits: Path) -> Callable[[MaskedModel], None]:
 def mask_stability(ctx: TrialContext) -> dict[str, list[dict]]:
     network = pretrained_network(ctx)
     pairs = chosen_pairs(ctx)
-    names = [f"{pair}-{suffix}" for pair in pairs for suffix in PAIR_MASK_SUFFIXES]
+    suffixes = ctx.task.pair_mask_suffixes
+    names = [f"{pair}-{suffix}" for pair in pairs for suffix in suffixes]
     for name in names:
         train_mask(ctx, name, ctx.task.mask_splits[name], network)
     model = load_network(ctx, network)
     masks = {name: Masks.load(mask_files(ctx, name)[0], model) for name in names}
-    return {"mask_iou": iou_rows(masks, pairs), "metrics": pair_accuracy_rows(ctx, model, masks, pairs),
+    return {"mask_iou": iou_rows(masks, pairs, suffixes),
+            "metrics": pair_accuracy_rows(ctx, model, masks, pairs, suffixes),
             "histograms": histogram_rows(ctx, names)}
 
 
@@ -94,11 +95,11 @@ def chosen_pairs(ctx: TrialContext) -> list[str]:
     return sorted(random.Random(ctx.config.seed).sample(pairs, count))
 
 
-def iou_rows(masks: dict[str, Masks], pairs: list[str]) -> list[dict]:
+def iou_rows(masks: dict[str, Masks], pairs: list[str], suffixes: tuple[str, str]) -> list[dict]:
     """Per pair and layer (and "all"): IoU of the pair's two masks and what each keeps."""
     rows = []
     for pair in pairs:
-        first, second = (masks[f"{pair}-{suffix}"] for suffix in PAIR_MASK_SUFFIXES)
+        first, second = (masks[f"{pair}-{suffix}"] for suffix in suffixes)
         both, either = (first & second).counts_per_layer(), (first | second).counts_per_layer()
         kept_first, kept_second = first.counts_per_layer(), second.counts_per_layer()
         for layer, (total_both, total) in both.items():
@@ -109,13 +110,14 @@ def iou_rows(masks: dict[str, Masks], pairs: list[str]) -> list[dict]:
     return rows
 
 
-def pair_accuracy_rows(ctx: TrialContext, model: nn.Module, masks: dict[str, Masks], pairs: list[str]) -> list[dict]:
+def pair_accuracy_rows(ctx: TrialContext, model: nn.Module, masks: dict[str, Masks], pairs: list[str],
+                       suffixes: tuple[str, ...]) -> list[dict]:
     """Accuracy on each pair's test images, without a mask and with each of the pair's masks."""
     rows = []
     for pair in pairs:
         batches = ctx.task.eval_batches(f"test-{pair}", ctx.config.eval_size, ctx.device)
         rows.append({"mask": "none", "inverted": False, "subtask": pair, "accuracy": accuracy(ctx.task, model, batches)})
-        for suffix in PAIR_MASK_SUFFIXES:
+        for suffix in suffixes:
             name = f"{pair}-{suffix}"
             with applied(model, masks[name]):
                 rows.append({"mask": name, "inverted": False, "subtask": pair,
@@ -141,23 +143,23 @@ _TINY = {"model.channels": "4,4,4,8"}
 
 
 def _cifar(experiment_model, pretrain, masks, **options) -> ExperimentConfig:
-    return ExperimentConfig(study="class-removal", task="cifar10", task_options=Cifar10Options(**options),
+    return ExperimentConfig(study="class-removal", task="cifar10", task_options=options_for("cifar10", **options),
                             model=experiment_model, pretrain=pretrain, mask=masks, eval_size=_TEST_SET)
 
 
-register_experiment("cifar10-cnn", _cifar(SimpleCNNSettings(), _SIMPLE_CNN_PRETRAIN, _SIMPLE_CNN_MASKS), _SMOKE,
+register_experiment("cifar10-cnn", _cifar(model_settings("simple_cnn"), _SIMPLE_CNN_PRETRAIN, _SIMPLE_CNN_MASKS), _SMOKE,
                     "Section 5: class removal, simple CNN of Table 2 (with dropout)", _TINY)
 register_experiment("cifar10-cnn-nodropout",
-                    _cifar(SimpleCNNSettings(dropout=False), _SIMPLE_CNN_PRETRAIN, _SIMPLE_CNN_MASKS), _SMOKE,
+                    _cifar(model_settings("simple_cnn", dropout=False), _SIMPLE_CNN_PRETRAIN, _SIMPLE_CNN_MASKS), _SMOKE,
                     "Appendix C.7.2: class removal, simple CNN without dropout", _TINY)
 register_experiment("cifar10-resnet110",
-                    _cifar(ResNetSettings(blocks_per_stage=18), _RESNET_PRETRAIN, _RESNET_MASKS, augment=True),
+                    _cifar(model_settings("resnet", blocks_per_stage=18), _RESNET_PRETRAIN, _RESNET_MASKS, augment=True),
                     _RESNET_SMOKE,
                     "Appendix C.7.3: class removal, ResNet-110 (BasicBlocks, SGD, crop and flip)",
                     {"model.width": 4})
 register_experiment("mask-stability", ExperimentConfig(
-    study="mask-stability", task="cifar10", task_options=Cifar10Options(masks="class-pairs", pairs=10),
-    model=SimpleCNNSettings(dropout=False), pretrain=_SIMPLE_CNN_PRETRAIN, mask=_SIMPLE_CNN_MASKS, eval_size=_TEST_SET),
+    study="mask-stability", task="cifar10", task_options=options_for("cifar10", masks="class-pairs", pairs=10),
+    model=model_settings("simple_cnn", dropout=False), pretrain=_SIMPLE_CNN_PRETRAIN, mask=_SIMPLE_CNN_MASKS, eval_size=_TEST_SET),
     _SMOKE | {"task_options.pairs": 2},
     "Appendix B.1: IoU of two masks per class pair (10 pairs per network), simple CNN without dropout",
     _TINY | {"task_options.pairs": 1})

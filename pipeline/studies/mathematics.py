@@ -8,13 +8,16 @@ task.mask_splits ("iid", "easy") -> evaluate every mask on every validation spli
 
 from __future__ import annotations
 
-from models.transformer import TransformerSettings
+from models.registry import model_settings
 from pipeline.config import ExperimentConfig, MaskStageConfig, PretrainConfig
 from pipeline.experiments import SweepSpec, register_experiment, register_sweep
-from tasks.mathematics import MODULES, MathematicsOptions
+from tasks.registry import options_for
 
 # Saxton et al.'s Transformer: one character embedding for encoder and decoder, tied to the output layer.
-_TRANSFORMER = TransformerSettings(d_model=256, num_heads=4, num_layers=3, feedforward=512, tied=True)
+# The five modules of Fig. 5 / Table 1.
+MODULES = ("arithmetic__add_or_sub", "algebra__linear_1d", "calculus__differentiate", "comparison__sort",
+           "polynomials__collect")
+_TRANSFORMER = model_settings("transformer", d_model=256, num_heads=4, num_layers=3, feedforward=512, tied=True)
 
 # Table 1, per module: (batch net, batch mask, β, iterations net, iterations masks, mask lr, warmup net).
 TABLE_1 = {
@@ -38,7 +41,7 @@ _TINY = {"task_options.subfolder": "mathematics_dataset_sample", "task_options.v
 def _preset(module: str) -> ExperimentConfig:
     net_batch, mask_batch, beta, net_steps, mask_steps, mask_lr, warmup = TABLE_1[module]
     return ExperimentConfig(
-        task="mathematics", task_options=MathematicsOptions(module=module), model=_TRANSFORMER, eval_size=10_000,
+        task="mathematics", task_options=options_for("mathematics", module=module), model=_TRANSFORMER, eval_size=10_000,
         pretrain=PretrainConfig(steps=net_steps, lr=1e-4, batch_size=net_batch, clip=1.0, adam_eps=1e-9,
                                 adam_beta2=0.995, warmup_steps=warmup),
         mask=MaskStageConfig(steps=mask_steps, lr=mask_lr, beta=beta, batch_size=mask_batch, num_samples=8, clip=1.0),

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from models.fnn import FNNSettings
+from models.registry import model_settings
 from models.masking import MaskedModel, Masks, applied, continual_logits, make_optimizer, reinitialize_free_weights
 from models.masking import training_step, union
 from models.masking.masks import atomic_torch_save, layer_of
@@ -31,7 +31,7 @@ from pipeline.config import ExperimentConfig, MaskStageConfig, PretrainConfig
 from pipeline.experiments import SweepSpec, register_experiment, register_sweep
 from pipeline.stages import TrialContext, accuracy, make_masked_model, mask_statistics, run_resumable, write_json_atomic
 from pipeline.studies import register_study
-from tasks.permuted_mnist import PermutedMNISTOptions
+from tasks.registry import options_for
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +179,8 @@ ALPHA = 1e-5  # the paper's α (Appendix C.5); MaskStageConfig takes β = b·α
 def _permuted_mnist(logit_init: str) -> ExperimentConfig:
     return ExperimentConfig(
         study="transfer", task="permuted_mnist", eval_size=10_000, checkpoint_every=2000,
-        task_options=PermutedMNISTOptions(permutations=11, logit_init=logit_init),
-        model=FNNSettings(size="800,800,64"),
+        task_options=options_for("permuted_mnist", permutations=11, logit_init=logit_init),
+        model=model_settings("fnn", size="800,800,64"),
         pretrain=PretrainConfig(lr=1e-2),  # the weights' lr in the joint phases: C.5 has one lr, 1e-2
         mask=MaskStageConfig(steps=30_000, lr=1e-2, beta=ALPHA * BATCH_SIZE, batch_size=BATCH_SIZE, num_samples=8,
                              mask_biases=True),

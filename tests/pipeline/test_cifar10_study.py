@@ -26,7 +26,7 @@ def test_iou_of_a_mask_with_itself_is_one_and_of_disjoint_masks_zero():
     half_b = _masks(**{"a.weight": [0, 1, 1, 1], "b.weight": [0, 0]})
     masks = {"pair-x-y-a": same, "pair-x-y-b": same, "pair-x-z-a": disjoint_a, "pair-x-z-b": disjoint_b,
              "pair-y-z-a": half_a, "pair-y-z-b": half_b}
-    rows = {(r["pair"], r["layer"]): r for r in iou_rows(masks, ["pair-x-y", "pair-x-z", "pair-y-z"])}
+    rows = {(r["pair"], r["layer"]): r for r in iou_rows(masks, ["pair-x-y", "pair-x-z", "pair-y-z"], ("a", "b"))}
     assert rows["pair-x-y", "all"]["iou"] == 1.0
     assert rows["pair-x-z", "all"]["iou"] == 0.0
     assert rows["pair-y-z", "all"]["iou"] == pytest.approx(2 / 4)  # {1, 2} of {0, 1, 2, 3}

@@ -62,3 +62,16 @@ def test_every_preset_runs_through_the_engine_to_parquet(name, tmp_path, monkeyp
         expected = set(REQUIRED_COLUMNS.get(table_dir.name, ["trial_id", "experiment", "sweep"]))
         assert expected | set(flatten(config)) <= set(table.column_names), table_dir.name
         assert set(table.column("trial_id").to_pylist()) == {result.trial_id}
+
+
+@pytest.mark.parametrize("path", sorted((PIPELINE / "studies").glob("*.py")), ids=lambda p: p.name)
+def test_studies_reach_tasks_and_models_through_their_registries_only(path):
+    """A study names tasks and model families (its presets) but imports none of their modules."""
+    allowed = {"tasks.registry", "models.registry", "models.masking"}
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        modules = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
+            [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        for module in modules:
+            if module.split(".")[0] in ("tasks", "models"):
+                assert module in allowed, f"{path.name} imports {module}"
