@@ -67,11 +67,11 @@ def test_every_preset_runs_through_the_engine_to_parquet(name, tmp_path, monkeyp
 @pytest.mark.parametrize("path", sorted((PIPELINE / "studies").glob("*.py")), ids=lambda p: p.name)
 def test_studies_reach_tasks_and_models_through_their_registries_only(path):
     """A study names tasks and model families (its presets) but imports none of their modules."""
-    allowed = {"tasks.registry", "models.registry", "models.masking"}
+    allowed = {"tasks.registry", "models.registry", "models.atomic"}  # and the masking core, which is generic
     tree = ast.parse(path.read_text())
     for node in ast.walk(tree):
         modules = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
             [a.name for a in node.names] if isinstance(node, ast.Import) else []
         for module in modules:
             if module.split(".")[0] in ("tasks", "models"):
-                assert module in allowed, f"{path.name} imports {module}"
+                assert module in allowed or module.startswith("models.masking"), f"{path.name} imports {module}"
