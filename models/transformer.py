@@ -16,12 +16,16 @@ class Seq2SeqTransformer(nn.Module):
 
     tied=True: one embedding for source and target tokens, also used as the output layer's weight
     (one parameter, so a mask over it is one mask); needs input_vocab == output_vocab.
+    padding_token >= 0: source positions holding that token are padding, hidden from attention.
+    teacher_forcing=False (forward): only target[:, 0] is read and each step's input is the previous
+    step's argmax, the same contract as models.seq2seq_lstm.Seq2SeqLSTM.
     """
 
     def __init__(self, input_vocab: int, output_vocab: int, d_model: int = 128, num_heads: int = 4,
                  num_layers: int = 3, feedforward: int = 256, max_length: int = 512, dropout: float = 0.0,
-                 tied: bool = False):
+                 tied: bool = False, padding_token: int = -1):
         super().__init__()
+        self.padding_token = padding_token
         if tied and input_vocab != output_vocab:
             raise ValueError(f"tied embeddings need one vocabulary, got input {input_vocab} and output {output_vocab}")
         self.source_embedding = nn.Embedding(input_vocab, d_model)
@@ -33,11 +37,26 @@ class Seq2SeqTransformer(nn.Module):
         if tied:
             self.output_layer.weight = self.source_embedding.weight
 
-    def forward(self, source: Tensor, target: Tensor) -> Tensor:
-        src = self.source_embedding(source) + self.positions[: source.shape[1]]
+    def forward(self, source: Tensor, target: Tensor, teacher_forcing: bool = True) -> Tensor:
+        """source [B, S], target [B, T] -> logits [B, T, output_vocab]."""
+        padding = source == self.padding_token if self.padding_token >= 0 else None
+        memory = self.transformer.encoder(self.source_embedding(source) + self.positions[: source.shape[1]],
+                                          src_key_padding_mask=padding)
+        if teacher_forcing:
+            return self.decode(memory, target, padding)
+        prefix = target[:, :1]
+        for _ in range(target.shape[1]):
+            logits = self.decode(memory, prefix, padding)
+            prefix = torch.cat([prefix, logits[:, -1:].argmax(-1)], 1)
+        return logits
+
+    def decode(self, memory: Tensor, target: Tensor, padding: Tensor | None) -> Tensor:
+        """memory [B, S, d_model], target [B, T] -> logits [B, T, output_vocab] (causal)."""
         tgt = self.target_embedding(target) + self.positions[: target.shape[1]]
         causal = nn.Transformer.generate_square_subsequent_mask(target.shape[1], device=target.device)
-        return self.output_layer(self.transformer(src, tgt, tgt_mask=causal, tgt_is_causal=True))
+        hidden = self.transformer.decoder(tgt, memory, tgt_mask=causal, tgt_is_causal=True,
+                                          memory_key_padding_mask=padding)
+        return self.output_layer(hidden)
 
 
 @torch.no_grad()
@@ -66,9 +85,9 @@ def _sinusoidal_positions(length: int, d_model: int) -> Tensor:
 
 def build_transformer(input_vocab: int, output_vocab: int, d_model: int = 128, num_heads: int = 4,
                       num_layers: int = 3, feedforward: int = 256, dropout: float = 0.0,
-                      tied: bool = False, max_length: int = 512) -> Seq2SeqTransformer:
+                      tied: bool = False, max_length: int = 512, padding_token: int = -1) -> Seq2SeqTransformer:
     return Seq2SeqTransformer(input_vocab, output_vocab, d_model, num_heads, num_layers, feedforward, max_length,
-                              dropout, tied)
+                              dropout, tied, padding_token)
 
 
 @dataclass(frozen=True)
@@ -81,6 +100,7 @@ class TransformerSettings:
     dropout: float = 0.0
     tied: bool = False  # one embedding for source, target and output layer
     max_length: int = 512
+    padding_token: int = -1  # -1: no padding token; else source positions with it are not attended
 
 
 register_model("transformer", TransformerSettings)(build_transformer)
