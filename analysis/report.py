@@ -6,12 +6,13 @@ from pathlib import Path
 
 from analysis.data import load_tables
 from analysis.figures import ALL_FIGURES, Skip
+from analysis.scan import FIGURES as SCAN_FIGURES
 
 
 def analyze(results_dirs: list[Path], out: Path, sweep: str | None = None) -> tuple[Path, list]:
     """-> (report path, [Figure | Skip]). Raises AnalysisInputError on unusable input."""
     tables = load_tables(results_dirs, sweep)
-    outcomes = [draw(tables, out) for draw in ALL_FIGURES]
+    outcomes = [draw(tables, out) for draw in ALL_FIGURES + SCAN_FIGURES]
     report = out / "report.md"
     out.mkdir(parents=True, exist_ok=True)
     tmp = report.with_name(".report.md.tmp")
