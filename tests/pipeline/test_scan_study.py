@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import pipeline.stages
+from models.masking import Masks
 from pipeline.config import override
 from pipeline.experiments import get_experiment
 from pipeline.run import run_trial
@@ -53,8 +54,8 @@ def test_interrupted_scan_trial_resumes_to_bit_identical_masks(tmp_path, monkeyp
         a = torch.load(straight.trial_dir / "masks" / f"{name}.logits.pt")
         b = torch.load(resumed.trial_dir / "masks" / f"{name}.logits.pt")
         assert all(torch.equal(a[k], b[k]) for k in a), name
-        assert (straight.trial_dir / "masks" / f"{name}.masks.pt").read_bytes() == \
-            (resumed.trial_dir / "masks" / f"{name}.masks.pt").read_bytes(), name
+        a, b = (Masks.load(result.trial_dir / "masks" / f"{name}.masks.pt") for result in (straight, resumed))
+        assert a.shapes() == b.shapes() and all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors), name
 
     metrics = _table(tmp_path / "straight", "metrics")
     assert {r["subtask"] for r in metrics if r["mask"] == "baseline"} == set(SPLITS)
