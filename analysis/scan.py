@@ -39,6 +39,7 @@ def _accuracy_figure(tables, out, name, title, series, paper) -> Figure | Skip:
                   for label, mask_of in series.items()}
         _bars(ax, SPLITS, {label: [(100 * m, 100 * s) for m, s in v] for label, v in values.items()},
               "test accuracy [%]")
+        ax.set_ylim(0, 105)
         ax.set_title(experiment)
         for label, v in values.items():
             numbers[f"{experiment} {label}"] = ", ".join(f"{split} {100 * m:.1f}±{100 * s:.1f}%"
