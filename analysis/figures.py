@@ -336,9 +336,11 @@ def figure_9(tables, out):
     ax.errorbar(range(len(rows)), [100 * r["mean"] for r in rows], [100 * r["std"] for r in rows], marker="o")
     ax.set_xticks(range(len(rows)), [r["model.size"] for r in rows])
     ax.set_ylabel("add weights shared with mul [%]")
+    ax.set_title("Fig. 9: sharing of the add mask against network size")
     numbers = {f"size {r['model.size']}": f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}% (n={r['n']})" for r in rows}
     return Figure(name, "Fig. 9: sharing against network size", _save(fig, out, name), numbers,
-                  {"pattern": "sharing keeps changing as the network grows"})
+                  {"pattern": "underfitting networks share more; sharing still falls as the network grows "
+                              "beyond the size that solves the task (App. C.3)"})
 
 
 ALL_FIGURES = [figure_1, figure_2, figure_7, figure_8, figure_9, figure_10, figure_11, figure_12, figure_13, figure_14]

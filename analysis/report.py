@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from analysis import mathematics, permuted_mnist, scan
 from analysis.data import load_tables
 from analysis.figures import ALL_FIGURES, Skip
-from analysis.scan import FIGURES as SCAN_FIGURES
 
 
 def analyze(results_dirs: list[Path], out: Path, sweep: str | None = None) -> tuple[Path, list]:
     """-> (report path, [Figure | Skip]). Raises AnalysisInputError on unusable input."""
     tables = load_tables(results_dirs, sweep)
-    outcomes = [draw(tables, out) for draw in ALL_FIGURES + SCAN_FIGURES]
+    outcomes = [draw(tables, out) for draw in [*ALL_FIGURES, *mathematics.FIGURES, *permuted_mnist.FIGURES,
+                                               *scan.FIGURES]]
     report = out / "report.md"
     out.mkdir(parents=True, exist_ok=True)
     tmp = report.with_name(".report.md.tmp")
@@ -31,11 +32,13 @@ def render(outcomes: list, results_dirs, sweep, tables) -> str:
             continue
         lines += [f"## {outcome.title}", "", f"![{outcome.name}]({outcome.files[0].name})", "",
                   "| quantity | measured | paper |", "|---|---|---|"]
+        claim = "; ".join(f"{v}" if k == "pattern" else f"{k}: {v}" for k, v in outcome.paper.items())
         for key, value in outcome.numbers.items():
-            paper = next((v for k, v in outcome.paper.items() if k in key), "")
+            # the paper's value for this quantity where it gives one, else its claim for the figure
+            paper = next((v for k, v in outcome.paper.items() if k != "pattern" and k in key), claim)
             lines.append(f"| {key} | {value} | {paper} |")
         for key, value in outcome.paper.items():
-            if not any(key in k for k in outcome.numbers):
+            if key != "pattern" and not any(key in k for k in outcome.numbers):
                 lines.append(f"| {key} | (see figure) | {value} |")
         lines.append("")
     return "\n".join(lines)

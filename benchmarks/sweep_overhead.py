@@ -20,20 +20,22 @@ from pathlib import Path
 import torch
 
 from pipeline.config import override
-from pipeline.evaluate import evaluate
-from pipeline.experiments import get_experiment
-from pipeline.stages import mask_names, pretrain, train_mask
-from pipeline.sweep import get_sweep, run_sweep
+from pipeline.evaluate import evaluate_masks
+from pipeline.experiments import get_experiment, get_sweep, task_of
+from pipeline.stages import TrialContext, pretrained_network, train_mask
+from pipeline.storage import Storage
+from pipeline.sweep import run_sweep
 
 
 def bare_trial_seconds(config, results_dir: Path) -> tuple[float, float]:
     """(whole trial, pretraining alone) in seconds, stages only."""
+    ctx = TrialContext(config, task_of(config), results_dir, Storage(results_dir))
     start = time.perf_counter()
-    pretrained = pretrain(config, results_dir)
+    network = pretrained_network(ctx)
     pretrain_seconds = time.perf_counter() - start
-    for name in mask_names(config):
-        train_mask(config, name, pretrained, results_dir)
-    evaluate(config, pretrained, results_dir)
+    for name, split in ctx.task.mask_splits.items():
+        train_mask(ctx, name, split, network)
+    evaluate_masks(ctx, network, list(ctx.task.mask_splits))
     return time.perf_counter() - start, pretrain_seconds
 
 

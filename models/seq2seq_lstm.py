@@ -4,10 +4,10 @@ Built from models.lstm.LSTMLayer (Linear, sigmoid, tanh) so that torch.func.vmap
 mask samples; nn.LSTM has no vmap rule and would fall back to a per-sample loop.
 
 Contract shared with models.transformer.Seq2SeqTransformer (what tasks/scan.py relies on):
-  forward(source [B, S], target [B, T], teacher_forcing=True) -> logits [B, T, output_vocab];
+  forward(source [B, S], target [B, T], source_padding [B, S] bool or None, teacher_forcing=True)
+  -> logits [B, T, output_vocab] (source_padding: True at right-padding, which the encoder skips);
   with teacher_forcing=False only target[:, 0] (the start token) is read and the decoder feeds
-  back its own argmax for T steps; `output_layer` is the nn.Linear whose row i scores token i;
-  token `padding_token` of the source is padding (right-padded).
+  back its own argmax for T steps; `output_layer` is the nn.Linear whose row i scores token i.
 """
 
 from __future__ import annotations
@@ -28,9 +28,8 @@ class Seq2SeqLSTM(nn.Module):
     the encoder's final state. Dropout on the embeddings, between layers and before the output layer."""
 
     def __init__(self, input_vocab: int, output_vocab: int, embedding_size: int = 16, hidden: int = 200,
-                 num_layers: int = 2, dropout: float = 0.5, padding_token: int = 0):
+                 num_layers: int = 2, dropout: float = 0.5):
         super().__init__()
-        self.padding_token = padding_token
         self.source_embedding = nn.Embedding(input_vocab, embedding_size)
         self.target_embedding = nn.Embedding(output_vocab, embedding_size)
         sizes = [embedding_size] + [hidden] * (num_layers - 1)
@@ -39,17 +38,18 @@ class Seq2SeqLSTM(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.output_layer = nn.Linear(hidden, output_vocab)
 
-    def forward(self, source: Tensor, target: Tensor, teacher_forcing: bool = True) -> Tensor:
+    def forward(self, source: Tensor, target: Tensor, source_padding: Tensor | None = None,
+                teacher_forcing: bool = True) -> Tensor:
         """source [B, S], target [B, T] (start token first) -> logits [B, T, output_vocab]."""
-        state = self.encode(source)
+        state = self.encode(source, source_padding)
         if teacher_forcing:
             hidden, _ = self.decode(self.target_embedding(target), state)
             return self.output_layer(self.dropout(hidden))
         return self.free_running(target[:, :1], target.shape[1], state)
 
-    def encode(self, source: Tensor) -> State:
+    def encode(self, source: Tensor, source_padding: Tensor | None = None) -> State:
         """[B, S] -> the final (hidden, cell) of every encoder layer, padding skipped."""
-        keep = source != self.padding_token
+        keep = None if source_padding is None else ~source_padding
         inputs, state = self.source_embedding(source), []
         for layer in self.encoder:
             inputs, layer_state = layer(self.dropout(inputs), keep=keep)
@@ -82,10 +82,9 @@ class Seq2SeqLSTMSettings:
     hidden: int = 200
     num_layers: int = 2
     dropout: float = 0.5
-    padding_token: int = 0
 
 
 @register_model("lstm-seq2seq", Seq2SeqLSTMSettings)
 def build_seq2seq_lstm(input_vocab: int, output_vocab: int, embedding_size: int = 16, hidden: int = 200,
-                       num_layers: int = 2, dropout: float = 0.5, padding_token: int = 0) -> Seq2SeqLSTM:
-    return Seq2SeqLSTM(input_vocab, output_vocab, embedding_size, hidden, num_layers, dropout, padding_token)
+                       num_layers: int = 2, dropout: float = 0.5) -> Seq2SeqLSTM:
+    return Seq2SeqLSTM(input_vocab, output_vocab, embedding_size, hidden, num_layers, dropout)

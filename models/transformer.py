@@ -16,59 +16,66 @@ class Seq2SeqTransformer(nn.Module):
 
     tied=True: one embedding for source and target tokens, also used as the output layer's weight
     (one parameter, so a mask over it is one mask); needs input_vocab == output_vocab.
-    padding_token >= 0: source positions holding that token are padding, hidden from attention.
     teacher_forcing=False (forward): only target[:, 0] is read and each step's input is the previous
     step's argmax, the same contract as models.seq2seq_lstm.Seq2SeqLSTM.
     """
 
     def __init__(self, input_vocab: int, output_vocab: int, d_model: int = 128, num_heads: int = 4,
                  num_layers: int = 3, feedforward: int = 256, max_length: int = 512, dropout: float = 0.0,
-                 tied: bool = False, padding_token: int = -1):
+                 tied: bool = False):
         super().__init__()
-        self.padding_token = padding_token
         if tied and input_vocab != output_vocab:
             raise ValueError(f"tied embeddings need one vocabulary, got input {input_vocab} and output {output_vocab}")
         self.source_embedding = nn.Embedding(input_vocab, d_model)
-        self.target_embedding = self.source_embedding if tied else nn.Embedding(output_vocab, d_model)
+        # Tied: no second name for the one embedding module (torch.func.functional_call, which masking uses,
+        # does not restore a module registered under two names correctly).
+        self.target_embedding = None if tied else nn.Embedding(output_vocab, d_model)
         self.register_buffer("positions", _sinusoidal_positions(max_length, d_model), persistent=False)
         self.transformer = nn.Transformer(d_model, num_heads, num_layers, num_layers, feedforward, dropout=dropout,
                                           batch_first=True)
+        # Padded sources as nested tensors are an inference shortcut that vmap (mask samples) cannot batch.
+        self.transformer.encoder.enable_nested_tensor = self.transformer.encoder.use_nested_tensor = False
         self.output_layer = nn.Linear(d_model, output_vocab, bias=not tied)
         if tied:
             self.output_layer.weight = self.source_embedding.weight
 
-    def forward(self, source: Tensor, target: Tensor, teacher_forcing: bool = True) -> Tensor:
-        """source [B, S], target [B, T] -> logits [B, T, output_vocab]."""
-        padding = source == self.padding_token if self.padding_token >= 0 else None
+    def forward(self, source: Tensor, target: Tensor, source_padding: Tensor | None = None,
+                teacher_forcing: bool = True) -> Tensor:
+        """source [B, S], target [B, T] -> logits [B, T, output_vocab].
+
+        source_padding [B, S] bool, True at padding: neither the encoder nor the decoder attends there
+        (so an example's output does not depend on how much padding its batch needed).
+        """
         memory = self.transformer.encoder(self.source_embedding(source) + self.positions[: source.shape[1]],
-                                          src_key_padding_mask=padding)
+                                          src_key_padding_mask=source_padding)
         if teacher_forcing:
-            return self.decode(memory, target, padding)
+            return self.decode(memory, target, source_padding)
         prefix = target[:, :1]
         for _ in range(target.shape[1]):
-            logits = self.decode(memory, prefix, padding)
+            logits = self.decode(memory, prefix, source_padding)
             prefix = torch.cat([prefix, logits[:, -1:].argmax(-1)], 1)
         return logits
 
-    def decode(self, memory: Tensor, target: Tensor, padding: Tensor | None) -> Tensor:
+    def decode(self, memory: Tensor, target: Tensor, source_padding: Tensor | None) -> Tensor:
         """memory [B, S, d_model], target [B, T] -> logits [B, T, output_vocab] (causal)."""
-        tgt = self.target_embedding(target) + self.positions[: target.shape[1]]
+        tgt = (self.target_embedding or self.source_embedding)(target) + self.positions[: target.shape[1]]
         causal = nn.Transformer.generate_square_subsequent_mask(target.shape[1], device=target.device)
         hidden = self.transformer.decoder(tgt, memory, tgt_mask=causal, tgt_is_causal=True,
-                                          memory_key_padding_mask=padding)
+                                          memory_key_padding_mask=source_padding)
         return self.output_layer(hidden)
 
 
 @torch.no_grad()
-def greedy_decode(model: nn.Module, source: Tensor, start_token: int, steps: int) -> Tensor:
+def greedy_decode(model: nn.Module, source: Tensor, start_token: int, steps: int, *inputs: Tensor) -> Tensor:
     """Decode without teacher forcing: [B, S] source -> [B, steps] predicted tokens.
 
-    Works for any model(source, target_prefix) -> [B, T, vocab] logits whose output at t depends
-    on the prefix up to t only; the decoder is re-run on the growing prefix.
+    Works for any model(source, target_prefix, *inputs) -> [B, T, vocab] logits whose output at t
+    depends on the prefix up to t only; the decoder is re-run on the growing prefix. `inputs` are
+    passed on unchanged (e.g. the source padding mask of Seq2SeqTransformer).
     """
     prefix = torch.full((source.shape[0], 1), start_token, dtype=torch.long, device=source.device)
     for _ in range(steps):
-        next_token = model(source, prefix)[:, -1].argmax(-1, keepdim=True)
+        next_token = model(source, prefix, *inputs)[:, -1].argmax(-1, keepdim=True)
         prefix = torch.cat([prefix, next_token], 1)
     return prefix[:, 1:]
 
@@ -85,9 +92,9 @@ def _sinusoidal_positions(length: int, d_model: int) -> Tensor:
 
 def build_transformer(input_vocab: int, output_vocab: int, d_model: int = 128, num_heads: int = 4,
                       num_layers: int = 3, feedforward: int = 256, dropout: float = 0.0,
-                      tied: bool = False, max_length: int = 512, padding_token: int = -1) -> Seq2SeqTransformer:
+                      tied: bool = False, max_length: int = 512) -> Seq2SeqTransformer:
     return Seq2SeqTransformer(input_vocab, output_vocab, d_model, num_heads, num_layers, feedforward, max_length,
-                              dropout, tied, padding_token)
+                              dropout, tied)
 
 
 @dataclass(frozen=True)
@@ -100,7 +107,6 @@ class TransformerSettings:
     dropout: float = 0.0
     tied: bool = False  # one embedding for source, target and output layer
     max_length: int = 512
-    padding_token: int = -1  # -1: no padding token; else source positions with it are not attended
 
 
 register_model("transformer", TransformerSettings)(build_transformer)

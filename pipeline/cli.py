@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import os
 import sys
+import typing
 from pathlib import Path
 
 import click
@@ -129,7 +131,7 @@ def sweep_command(name, seeds, smoke, assignments, results_dir, storage, address
         summary = run_sweep(name, results_dir, seeds, smoke, _with_data_dir(parse_assignments(assignments), data_dir),
                             address, cpus_per_trial, gpus_per_trial, max_failures, resume, storage_uri=storage,
                             verbose=verbose)
-    except (KeyError, ValueError, TypeError, PermissionError, ConnectionError, FileNotFoundError) as error:
+    except (KeyError, ValueError, TypeError, PermissionError, ConnectionError, FileNotFoundError, RuntimeError) as error:
         _fail(str(error.args[0]) if isinstance(error, KeyError) else str(error))
     for line in summary_lines(summary):
         click.echo(line)
@@ -176,6 +178,52 @@ def analyze_command(target: str, results_dir: Path, out: Path | None):
         uri = records.tracking_uri(directory)
         run_id = records.log_analysis(uri, target, out)
         click.echo(f"figures logged to the sweep's MLflow parent run {run_id}")
+
+
+class _DatasetGroup(click.Group):
+    """One subcommand per registered dataset maker (tasks.dataset_names), loaded when asked for."""
+
+    def list_commands(self, ctx):
+        from tasks import dataset_names
+
+        return dataset_names()
+
+    def get_command(self, ctx, name):
+        from tasks import dataset_maker
+
+        try:
+            return _dataset_command(name, dataset_maker(name))
+        except KeyError as error:
+            _fail(str(error.args[0]))
+
+
+_OPTION_TYPES = {int: click.INT, float: click.FLOAT, str: click.STRING, bool: click.BOOL,
+                 Path: click.Path(path_type=Path)}
+
+
+def _dataset_command(name: str, maker) -> click.Command:
+    """A command whose options are the maker's keyword parameters (--per-module for per_module)."""
+    hints = typing.get_type_hints(maker)
+    options = []
+    for parameter in inspect.signature(maker).parameters.values():
+        required = parameter.default is inspect.Parameter.empty
+        options.append(click.Option([f"--{parameter.name.replace('_', '-')}"], type=_OPTION_TYPES[hints[parameter.name]],
+                                    required=required, default=None if required else parameter.default,
+                                    show_default=not required))
+
+    def make(**values):
+        try:
+            location = maker(**values)
+        except (KeyError, ValueError, TypeError, RuntimeError, FileNotFoundError, PermissionError) as error:
+            _fail(str(error.args[0]) if isinstance(error, KeyError) else str(error))
+        click.echo(f"{name}: {location}")
+
+    return click.Command(name, callback=make, params=options, help=inspect.getdoc(maker))
+
+
+@main.group("data", cls=_DatasetGroup)
+def data_group():
+    """Make a dataset that cannot be downloaded at run time (see `pipeline data NAME --help`)."""
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ task (tasks.registry.Task) supplies data, loss and scoring, the model registry b
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -78,15 +79,56 @@ class TrialContext:
         return path.relative_to(self.results_dir).as_posix()
 
     def stage(self, name: str, files: list[Path], produce: Callable[[], None]) -> None:
-        """Run `produce` unless its files exist here or in storage; files[-1] marks the stage finished
-        (produce writes it last), and the files are pushed to storage afterwards."""
-        relatives = [self.relative(f) for f in files]
+        """Run `produce` unless its files are here (or in storage) and match the checksums of the
+        stage's manifest, which is written last; then push files and manifest to storage."""
+        relatives = [self.relative(f) for f in [*files, manifest_path(files)]]
         self.storage.pull_all(*relatives)
-        if not files[-1].exists():
+        if not is_finished(files):
             produce()
+            write_manifest(files)
         self.storage.push(*relatives)
         self.stages_done.append(name)
         self.on_stage(name)
+
+
+# -- verified stages ---------------------------------------------------------------------------------
+def manifest_path(files: list[Path]) -> Path:
+    """<last file>.manifest.json: the sha256 of each of the stage's files; its presence marks the stage done."""
+    return files[-1].with_name(files[-1].name + ".manifest.json")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(files: list[Path]) -> None:
+    write_json_atomic({f.name: _sha256(f) for f in files}, manifest_path(files))
+
+
+def is_finished(files: list[Path]) -> bool:
+    """The stage's manifest exists and every file matches it. A file that is missing or does not
+    match (truncated, overwritten) is reported by name and the stage's files are removed, so the
+    stage is redone rather than its output used."""
+    manifest = manifest_path(files)
+    if not manifest.exists():
+        return False
+    try:
+        expected = json.loads(manifest.read_text())
+        bad = [f for f in files if not f.exists() or _sha256(f) != expected.get(f.name)]
+    except (OSError, ValueError) as error:
+        bad = [manifest]
+        log.warning("stage manifest %s is unreadable (%s)", manifest, error)
+    if not bad:
+        return True
+    log.warning("%s does not match its stage's checksum (corrupt or incomplete); redoing the stage",
+                ", ".join(str(f) for f in bad))
+    for f in [manifest, *files]:
+        f.unlink(missing_ok=True)
+    return False
 
 
 # -- a resumable loop ------------------------------------------------------------------------------
@@ -100,14 +142,7 @@ def run_resumable(
     step() may return {name: scalar tensor}; every `report_every` steps report(step, means) gets
     their means over those steps (read from the tensors only then, so steps do not wait on them).
     """
-    done = 0
-    if checkpoint.exists():
-        saved = torch.load(checkpoint, weights_only=False)
-        for name, obj in state.items():
-            obj.set_state(saved[name]) if isinstance(obj, torch.Generator) else obj.load_state_dict(saved[name])
-        torch.set_rng_state(saved["torch_rng"])
-        done = saved["step"]
-        log.info("%s: resuming at step %d from %s", description, done, checkpoint)
+    done = _restore(state, checkpoint, description)
     sums: dict = {}
     with tqdm(total=total_steps, initial=done, desc=description, unit="step", mininterval=1.0) as bar:
         for i in range(done, total_steps):
@@ -122,6 +157,25 @@ def run_resumable(
             if (i + 1) % every == 0 and i + 1 < total_steps:
                 payload = {n: o.get_state() if isinstance(o, torch.Generator) else o.state_dict() for n, o in state.items()}
                 atomic_torch_save(payload | {"step": i + 1, "torch_rng": torch.get_rng_state()}, checkpoint)
+
+
+def _restore(state: dict, checkpoint: Path, description: str) -> int:
+    """Load a mid-stage checkpoint into `state`. -> steps done (0 without one, or with a corrupt one,
+    which is reported and removed: the stage restarts from its beginning)."""
+    if not checkpoint.exists():
+        return 0
+    try:
+        saved = torch.load(checkpoint, weights_only=False)
+        for name, obj in state.items():
+            obj.set_state(saved[name]) if isinstance(obj, torch.Generator) else obj.load_state_dict(saved[name])
+        torch.set_rng_state(saved["torch_rng"])
+    except Exception as error:  # torch raises several types for a truncated or foreign file
+        log.warning("%s: checkpoint %s is corrupt (%s: %s); restarting the stage from step 0", description,
+                    checkpoint, type(error).__name__, str(error)[:200])
+        checkpoint.unlink(missing_ok=True)
+        return 0
+    log.info("%s: resuming at step %d from %s", description, saved["step"], checkpoint)
+    return saved["step"]
 
 
 def learning_rate_schedule(optimizer, warmup_steps: int = 0, decay_steps: tuple[int, ...] = ()):
@@ -141,15 +195,17 @@ def pretrained_network(ctx: TrialContext, split: str | None = None) -> Path:
     split = split or ctx.task.pretrain_split
     folder = ctx.results_dir / "pretrained" / pretrain_key(ctx.config, ctx.task.version, split)
     final = folder / "model.pt"
-    files = [ctx.relative(folder / "config.json"), ctx.relative(final)]
-    ctx.storage.pull(files[-1])
-    if not final.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        # Concurrent trials of a sweep that share this network wait for one of them to train it.
-        with FileLock(folder / ".lock"):
-            if not final.exists():
-                train_network(ctx, split, folder, final)
-    ctx.storage.push(*files)
+    files = [folder / "config.json", final]
+    relatives = [ctx.relative(f) for f in [*files, manifest_path(files)]]
+    ctx.storage.pull_all(*relatives)
+    folder.mkdir(parents=True, exist_ok=True)
+    # Concurrent trials of a sweep that share this network wait for one of them to train it (a
+    # corrupt one is retrained once, by the first trial that finds it).
+    with FileLock(folder / ".lock"):
+        if not is_finished(files):
+            train_network(ctx, split, folder, final)
+            write_manifest(files)
+    ctx.storage.push(*relatives)
     name = "pretrain" if split == ctx.task.pretrain_split else f"pretrain {split}"
     ctx.stages_done.append(name)
     ctx.on_stage(name)
@@ -202,7 +258,11 @@ def make_weight_optimizer(settings: PretrainConfig, parameters) -> torch.optim.O
 def load_network(ctx: TrialContext, path: Path) -> torch.nn.Module:
     """The saved network in eval mode (no dropout, BatchNorm uses its running statistics)."""
     model = build_model(ctx.config.model, ctx.task.dims)
-    model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
+    try:
+        model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
+    except Exception as error:
+        raise RuntimeError(f"cannot load the network {path} ({type(error).__name__}: {str(error)[:200]}); delete "
+                           f"its folder {path.parent} and run again to retrain it") from None
     return model.to(ctx.device).eval()
 
 

@@ -7,6 +7,7 @@ never duplicate a trial.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -66,8 +67,6 @@ def sweep_trial(trial_config: dict) -> None:
     results_dir = Path(context["results_dir"])
     version = task_of(config).version
     attempt, first_ever = _count_attempt(results_dir, config, context["driver"])
-    if context.get("fail_first_attempt") and first_ever:
-        raise RuntimeError("injected failure on the first attempt (fault-injection test)")
     stages = []
 
     previous = tune.get_checkpoint()
@@ -78,6 +77,8 @@ def sweep_trial(trial_config: dict) -> None:
     def report_stage(stage: str) -> None:
         # The stage's files (network, masks, optimizer state) live in the shared results directory,
         # keyed by trial id; the Tune checkpoint records which stage finished and where they are.
+        if context.get("fail_first_attempt") and first_ever:  # inside the trial: its MLflow run records it
+            raise RuntimeError(f"injected failure after stage {stage} of the first attempt (fault-injection test)")
         stages.append(stage)
         with tempfile.TemporaryDirectory() as folder:
             marker = {"stage": stage, "trial_dir": str(results_dir / "trials" / trial_id(config, version))}
@@ -159,6 +160,13 @@ def run_sweep(
     if resume and not exists:
         raise FileNotFoundError(f"nothing to resume: no sweep state at {sweep_dir}; run without --resume")
     resumed = exists if resume is None else resume
+    with _only_driver(results_dir, name):
+        return _run_as_driver(name, spec, space, results_dir, uri, storage, sweep_dir, resumed, address, num_cpus,
+                              cpus_per_trial, gpus_per_trial, max_failures, fail_first_attempt, storage_uri, verbose)
+
+
+def _run_as_driver(name, spec, space, results_dir, uri, storage, sweep_dir, resumed, address, num_cpus,
+                   cpus_per_trial, gpus_per_trial, max_failures, fail_first_attempt, storage_uri, verbose):
     parent = records.sweep_parent_run(uri, name, results_dir / "mlartifacts")
     space["context"] = {"results_dir": str(results_dir), "parent_run_id": parent, "sweep": name, "tracking_uri": uri,
                         "storage_uri": storage_uri, "driver": uuid.uuid4().hex,
@@ -180,6 +188,29 @@ def run_sweep(
     return summary
 
 
+@contextlib.contextmanager
+def _only_driver(results_dir: Path, name: str):
+    """One driver per sweep and results folder: a second one would train every trial again."""
+    from filelock import FileLock, Timeout
+
+    folder = results_dir / "ray"
+    folder.mkdir(parents=True, exist_ok=True)
+    owner = folder / f"{name}.driver.json"
+    lock = FileLock(folder / f"{name}.driver.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        running = owner.read_text() if owner.exists() else "{}"
+        raise RuntimeError(f"sweep {name!r} is already running on {results_dir} (driver {running}); wait for it to "
+                           "end, stop it (Ctrl-C) and run the command again to resume, or use another --results-dir"
+                           ) from None
+    try:
+        write_json_atomic({"host": socket.gethostname(), "pid": os.getpid(), "started": time.ctime()}, owner)
+        yield
+    finally:
+        lock.release()
+
+
 def _fit(name, space, spec, sweep_dir, storage, resumed, address, num_cpus, cpus_per_trial, gpus_per_trial,
          max_failures, verbose) -> tuple:
     """Tune's fit on a local or remote Ray. -> (ResultGrid, interrupted by the user)."""
@@ -189,8 +220,10 @@ def _fit(name, space, spec, sweep_dir, storage, resumed, address, num_cpus, cpus
     # Tune's own table reporter (the legacy engine: the default one ignores progress_reporter);
     # --verbose brings Tune's full default output back.
     os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
-    ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
-             ignore_reinit_error=True, log_to_driver=verbose)
+    if address:
+        _join_cluster(address, verbose)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, ignore_reinit_error=True, log_to_driver=verbose)
     try:
         trainable = tune.with_resources(sweep_trial, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
         if resumed:
@@ -216,6 +249,39 @@ def _fit(name, space, spec, sweep_dir, storage, resumed, address, num_cpus, cpus
             return tune.Tuner.restore(sweep_dir, trainable).get_results(), True
     finally:
         ray.shutdown()
+
+
+def _join_cluster(address: str, verbose: bool) -> None:
+    """ray.init on an existing cluster, with Ray's token authentication where a token is at hand.
+
+    A head started by `ray start --head` (Ray >= 2.59) requires the token it keeps in
+    ~/.ray/auth_token, but ray.init with an explicit address never turns token mode on by itself
+    (only a local cluster found automatically does). Where the user chose no mode and a token is
+    available (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token), turn it on the way Ray does
+    for local clusters. A failed connection is one error saying what to check.
+    """
+    import ray
+
+    try:
+        from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+    except ImportError:  # another Ray version: the environment variable alone (read when ray is imported)
+        token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+        if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file()):
+            os.environ["RAY_AUTH_MODE"] = "token"
+    else:
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    if not verbose:
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # not one warning per connection retry
+    try:
+        ray.init(address=address, include_dashboard=False, ignore_reinit_error=True, log_to_driver=verbose)
+    except (ConnectionError, RuntimeError) as error:
+        mode = os.environ.get("RAY_AUTH_MODE", "disabled")
+        raise ConnectionError(
+            f"cannot join the Ray cluster at {address!r} ({str(error).splitlines()[0][:200]}); authentication mode "
+            f"here: {mode}. If the head uses token authentication (the default of `ray start --head` since Ray 2.59), "
+            "give this machine the head's token: copy the head's ~/.ray/auth_token here or set RAY_AUTH_TOKEN "
+            "(see `ray get-auth-token` on the head). Otherwise check the address, or leave --address unset to "
+            "run locally") from None
 
 
 def progress_reporter(spec: SweepSpec):

@@ -10,8 +10,10 @@ Encoding: source = command words + end token, right-padded; target_in = start to
 target_out = actions + end token, right-padded. Token 0 is padding in both vocabularies.
 
 What the task asks of a model (both `lstm-seq2seq` and `transformer` provide it):
-  model(source [B, S], target_in [B, T], teacher_forcing=bool) -> logits [B, T, output vocabulary],
-  where teacher_forcing=False reads only the start token and feeds back the model's own argmax;
+  model(source [B, S], target_in [B, T], source_padding [B, S] bool, teacher_forcing=bool)
+  -> logits [B, T, output vocabulary]; source_padding is True at padding (positional, so a masked
+  model splits it with the batch); teacher_forcing=False reads only the start token and feeds back
+  the model's own argmax;
   model.output_layer: the nn.Linear whose row i scores output token i (for Fig. 4b).
 """
 
@@ -211,7 +213,7 @@ class ScanTask:
 
     def loss(self, model: nn.Module, batch: Batch) -> Tensor:
         """Mean cross-entropy over the real target tokens (the end token included, padding not)."""
-        logits = model(batch.source, batch.target_in, teacher_forcing=batch.teacher_forcing)
+        logits = model(batch.source, batch.target_in, batch.source == PAD, teacher_forcing=batch.teacher_forcing)
         return nn.functional.cross_entropy(logits.flatten(0, 1), batch.target_out.flatten(), ignore_index=PAD)
 
     def eval_batches(self, split: str, size: int, device="cpu") -> list[Batch]:
@@ -228,7 +230,7 @@ class ScanTask:
     @torch.no_grad()
     def correct(self, model: nn.Module, batch: Batch) -> Tensor:
         """[B] bool: greedy decoding without teacher forcing gets every action and the end token right."""
-        predicted = model(batch.source, batch.target_in, teacher_forcing=False).argmax(-1)
+        predicted = model(batch.source, batch.target_in, batch.source == PAD, teacher_forcing=False).argmax(-1)
         return ((predicted == batch.target_out) | (batch.target_out == PAD)).all(1)
 
     def mask_rows(self, model: nn.Module, masks: dict) -> dict[str, list[dict]]:

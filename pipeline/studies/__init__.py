@@ -37,4 +37,4 @@ def study_names() -> list[str]:
     return sorted(_RECIPES)
 
 
-from pipeline.studies import arithmetic, masks, scan  # noqa: E402,F401  (registration)
+from pipeline.studies import arithmetic, masks, mathematics, permuted_mnist, scan  # noqa: E402,F401  (registration)

@@ -52,10 +52,10 @@ def _scan(model, teacher_forcing: float, beta: float) -> ExperimentConfig:
     )
 
 
-_LSTM = Seq2SeqLSTMSettings(embedding_size=16, hidden=200, num_layers=2, dropout=0.5, padding_token=0)
+_LSTM = Seq2SeqLSTMSettings(embedding_size=16, hidden=200, num_layers=2, dropout=0.5)
 # Dropout 0.1 is nn.Transformer's default (the paper builds on PyTorch's implementation and names none).
 _TRANSFORMER = TransformerSettings(d_model=100, num_heads=4, num_layers=3, feedforward=200, dropout=0.1,
-                                   padding_token=0, max_length=64)
+                                   max_length=64)
 # --smoke: a look at the whole procedure in minutes on 2 CPU cores; far too short to learn SCAN.
 _SMOKE = {"pretrain.steps": 150, "mask.steps": 60, "pretrain.batch_size": 32, "mask.batch_size": 32,
           "eval_size": 128, "checkpoint_every": 50}

@@ -111,3 +111,20 @@ def test_analysis_never_imports_torch_ray_or_mlflow(tmp_path):
                             cwd=Path(__file__).resolve().parents[2])
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_report_fills_the_paper_column_and_every_drawn_figure_has_a_title(tmp_path):
+    rows = [_layers_row(f"t{i}", i % 2, size, 1e-4, mask, layer, 100, kept, kept // 2)
+            for i, size in enumerate(["small", "small", "big", "big"])
+            for mask, kept in (("add", 40), ("mul", 80)) for layer in ("layers.0", "all")]
+    _write(tmp_path, "layers", rows)
+    report, outcomes = analyze([tmp_path], tmp_path / "out")
+    drawn = [o for o in outcomes if isinstance(o, Figure)]
+    assert {o.name for o in drawn} >= {"fig09_sharing_vs_size", "fig11_weights_per_operation"}
+    text = report.read_text()
+    for figure in drawn:
+        assert figure.title.startswith("Fig. ")
+        section = text.split(f"## {figure.title}")[1].split("\n## ")[0]
+        measured_rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line][1:]
+        assert measured_rows and all(line.rstrip(" |").rsplit("|", 1)[1].strip() for line in measured_rows), section
+    assert "3.8x" in text.split("## Fig. 11")[1].split("\n## ")[0]

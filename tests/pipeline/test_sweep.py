@@ -2,10 +2,13 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import mlflow
 import pyarrow.dataset as ds
@@ -175,3 +178,77 @@ def test_sweep_with_a_storage_uri_keeps_tune_state_and_results_there(tmp_path):
     assert len(list(bucket.glob("trials/*/recorded.json"))) == 4
     assert len(list(bucket.glob("parquet/metrics/trial_id=*/part-0.parquet"))) == 4
     assert len(list(bucket.glob("pretrained/*/model.pt"))) == 4
+
+
+def test_second_driver_of_a_running_sweep_refuses_and_names_the_first(tmp_path):
+    command = [sys.executable, "-m", "pipeline.cli", "sweep", "sharing-vs-capacity", "--smoke", "--seeds", "1",
+               "--results-dir", str(tmp_path), "--set", "pretrain.steps=4000", "--set", "mask.fused=false"]
+    first = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env=os.environ | {"MLFLOW_TRACKING_URI": ""})
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / "ray" / "sharing-vs-capacity.driver.json").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        result = CliRunner().invoke(main, command[3:])
+        assert result.exit_code != 0 and "is already running" in result.output
+        assert f'"pid": {first.pid}' in result.output
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+
+
+def _start_head(tmp_path, token: str) -> tuple[str, Path]:
+    """A Ray head with token authentication, in its own temp dir (so the test stops only its processes)."""
+    port = _free_port()
+    temp_dir = Path(tempfile.mkdtemp(prefix="rayhead-", dir="/tmp"))
+    env = os.environ | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    subprocess.run(["ray", "start", "--head", f"--port={port}", "--num-cpus=2", f"--temp-dir={temp_dir}",
+                    "--include-dashboard=false", "--disable-usage-stats"], env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, executable=shutil.which("ray") or
+                   str(Path(sys.executable).with_name("ray")))
+    return f"127.0.0.1:{port}", temp_dir
+
+
+def _stop_head(temp_dir: Path) -> None:
+    """Kill the processes of the head started above, and only those."""
+    for pid_dir in Path("/proc").iterdir():
+        try:
+            if pid_dir.name.isdigit() and str(temp_dir) in (pid_dir / "cmdline").read_bytes().decode(errors="replace"):
+                os.kill(int(pid_dir.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_joining_a_cluster_with_token_authentication(tmp_path, monkeypatch):
+    """The head requires a token; the driver has it (RAY_AUTH_TOKEN) but no RAY_AUTH_MODE: the sweep runs.
+    With a wrong token: one clear error, and no MLflow run left RUNNING."""
+    address, temp_dir = _start_head(tmp_path, "a" * 32)
+    try:
+        monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+        monkeypatch.setenv("RAY_AUTH_TOKEN", "a" * 32)
+        summary = _sweep(tmp_path / "good", seeds=1, address=address)
+        assert (summary.done, summary.failed) == (2, 0)
+        # a fresh process: Ray keeps the token it loaded for the life of a process
+        env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"} | {"RAY_AUTH_TOKEN": "b" * 32,
+                                                                              "MLFLOW_TRACKING_URI": ""}
+        result = subprocess.run([sys.executable, "-m", "pipeline.cli", "sweep", "sharing-vs-capacity", "--smoke",
+                                 "--seeds", "1", "--address", address, "--results-dir", str(tmp_path / "bad")],
+                                env=env, capture_output=True, text=True, timeout=300)
+        output = result.stdout + result.stderr
+        assert result.returncode != 0 and "cannot join the Ray cluster" in output, output[-3000:]
+        assert "auth_token" in output and "Traceback" not in output
+        assert output.count("InvalidAuthToken") <= 1  # one error, not a warning per retry
+        client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'bad' / 'mlflow.db'}")
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        assert [r.info.status for r in runs] == ["FAILED"]
+    finally:
+        _stop_head(temp_dir)

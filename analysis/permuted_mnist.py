@@ -1,0 +1,164 @@
+"""Permuted MNIST transfer (Section 3.3, Appendix C.5): Figs. 3, 15a, 15b and the no-forgetting check.
+
+Reads the tables `continual_layers` (after_task, layer, parameter, total, kept, shared_with_earlier)
+and `continual` (after_task, evaluated_task, accuracy). Task indices in the tables start at 0; the
+paper's figures count from 1, so "T2" is task index 1.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.compute as pc  # noqa: E402
+
+from analysis.figures import Figure, Skip, _bars, _save  # noqa: E402
+from analysis.stats import mean_std, where, with_ratio  # noqa: E402
+
+LAYER_COLUMNS = ["experiment", "seed", "after_task", "layer", "parameter", "kept", "shared_with_earlier"]
+ACCURACY_COLUMNS = ["experiment", "seed", "after_task", "evaluated_task", "accuracy"]
+
+_FILLING = "little sharing while free capacity remains"
+_PAPER_DEFAULT = {
+    "layer 1 (input, permuted)": "low: a new permutation needs its own first layer",
+    "layer 2": _FILLING,
+    "layer 3": _FILLING,
+    "layer 4 (output)": "fills first (lowest capacity): the most sharing, rising task by task",
+    "all layers": "weights become shared only once capacity is full",
+}
+_PAPER_PREFER_OLD = {
+    "layer 1 (input, permuted)": "rises, which should not happen (the permuted layer cannot be reused)",
+    "layer 4 (output)": "fills first: the most sharing",
+    "all layers": "higher than Fig. 3 but far from the ideal 100 %: more than half of the weights stay unique",
+}
+
+
+def sharing_percentages(layers: pa.Table, experiment: str) -> tuple[list[str], list[int], list[dict]]:
+    """Weight matrices only (as the paper's plot): (layers in order, after-task indices T2, T4, ...,
+    rows {layer, after_task, mean, std, n} of 100 · shared_with_earlier / kept over seeds)."""
+    table = where(layers, experiment=experiment, parameter="weight")
+    table = table.filter(table["shared_with_earlier"].is_valid())
+    table = with_ratio(table, "shared_with_earlier", "kept", "shared_fraction")
+    table = table.append_column("shared_percent", pc.multiply(table["shared_fraction"], 100.0))
+    every_second = sorted(t for t in set(table.column("after_task").to_pylist()) if t % 2 == 1)
+    table = where(table, after_task=every_second) if every_second else table
+    layer_names = sorted(set(table.column("layer").to_pylist()), key=_layer_index)
+    return layer_names, every_second, mean_std(table, ["layer", "after_task"], "shared_percent")
+
+
+def _layer_index(layer: str) -> int:
+    digits = "".join(c for c in layer if c.isdigit())
+    return int(digits) if digits else 10_000
+
+
+def _layer_label(index: int, count: int) -> str:
+    role = " (input, permuted)" if index == 0 else " (output)" if index == count - 1 else ""
+    return f"layer {index + 1}{role}"
+
+
+def _lookup(rows: list[dict], **keys) -> tuple[float, float]:
+    for row in rows:
+        if all(row[k] == v for k, v in keys.items()):
+            return row["mean"], row["std"]
+    return float("nan"), 0.0
+
+
+def _sharing_figure(tables, out, name: str, experiment: str, title: str, paper: dict) -> Figure | Skip:
+    if "continual_layers" not in tables:
+        return Skip(name, "no continual_layers table (run the permuted-mnist sweep)")
+    layers = tables["continual_layers"]
+    missing = [c for c in LAYER_COLUMNS if c not in layers.column_names]
+    if missing:
+        return Skip(name, f"the continual_layers table lacks column(s) {missing}")
+    if experiment not in set(layers.column("experiment").to_pylist()):
+        return Skip(name, f"needs trials of {experiment}")
+    layer_names, tasks, rows = sharing_percentages(layers, experiment)
+    if not tasks:
+        return Skip(name, f"{experiment} has no second task (T2) yet")
+    labels = [_layer_label(i, len(layer_names)) for i in range(len(layer_names))]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    _bars(ax, labels, {f"T{t + 1}": [_lookup(rows, layer=l, after_task=t) for l in layer_names] for t in tasks},
+          "weights shared [%]")
+    ax.set_title(title, fontsize=10)
+    header = ", ".join(f"T{t + 1}" for t in tasks)
+    numbers = {f"{label}: shared % after {header}": ", ".join(_format(*_lookup(rows, layer=l, after_task=t))
+                                                             for t in tasks)
+               for label, l in zip(labels, layer_names)}
+    numbers[f"all layers: shared % after {header}"] = _all_layers(layers, experiment, tasks)
+    seeds = len(set(where(layers, experiment=experiment).column("seed").to_pylist()))
+    numbers["seeds"] = seeds
+    return Figure(name, title, _save(fig, out, name), numbers, paper)
+
+
+def _all_layers(layers: pa.Table, experiment: str, tasks: list[int]) -> str:
+    """Sharing over every weight matrix: Σ shared / Σ kept per trial, then mean ± std over seeds."""
+    table = where(layers, experiment=experiment, parameter="weight", after_task=tasks)
+    grouped = table.group_by(["trial_id", "after_task"]).aggregate([("kept", "sum"), ("shared_with_earlier", "sum")])
+    grouped = with_ratio(grouped, "shared_with_earlier_sum", "kept_sum", "fraction")
+    grouped = grouped.append_column("percent", pc.multiply(grouped["fraction"], 100.0))
+    rows = mean_std(grouped, ["after_task"], "percent")
+    return ", ".join(_format(*_lookup(rows, after_task=t)) for t in tasks)
+
+
+def _format(mean: float, std: float) -> str:
+    return f"{mean:.1f} ± {std:.1f}"
+
+
+def figure_3(tables, out):
+    return _sharing_figure(tables, out, "fig03_permuted_mnist_sharing", "permuted-mnist",
+                           "Fig. 3: weights shared per layer after every second permuted-MNIST task", _PAPER_DEFAULT)
+
+
+def figure_15a(tables, out):
+    return _sharing_figure(tables, out, "fig15a_permuted_mnist_prefer_old", "permuted-mnist-prefer-old",
+                           "Fig. 15a: sharing, new masks start at logit 2 on used weights, 0 on free ones",
+                           _PAPER_PREFER_OLD)
+
+
+def figure_15b(tables, out):
+    return _sharing_figure(tables, out, "fig15b_permuted_mnist_prefer_old_more", "permuted-mnist-prefer-old-more",
+                           "Fig. 15b: sharing, new masks start at logit 2 on used weights, -1 on free ones",
+                           _PAPER_PREFER_OLD | {"all layers": "more than Fig. 15a, still far from 100 %"})
+
+
+def figure_accuracy(tables, out):
+    """Each task's test accuracy with its own mask after the last task, and the largest change of an
+    earlier task's accuracy across later tasks (frozen weights: it must be exactly 0)."""
+    name = "permuted_mnist_accuracy"
+    if "continual" not in tables:
+        return Skip(name, "no continual table (run the permuted-mnist sweep)")
+    table = tables["continual"]
+    missing = [c for c in ACCURACY_COLUMNS if c not in table.column_names]
+    if missing:
+        return Skip(name, f"the continual table lacks column(s) {missing}")
+    experiments = sorted(set(table.column("experiment").to_pylist()))
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    numbers = {}
+    for experiment in experiments:
+        rows = where(table, experiment=experiment)
+        last = pc.max(rows["after_task"]).as_py()
+        final = mean_std(where(rows, after_task=last), ["evaluated_task"], "accuracy")
+        tasks = [r["evaluated_task"] for r in final]
+        ax.errorbar([t + 1 for t in tasks], [100 * r["mean"] for r in final], yerr=[100 * r["std"] for r in final],
+                    marker="o", capsize=3, label=experiment)
+        numbers[f"{experiment}: accuracy % per task after T{last + 1}"] = ", ".join(
+            f"{100 * r['mean']:.1f}" for r in final)
+        numbers[f"{experiment}: largest change of an earlier task's accuracy"] = _largest_change(rows)
+    ax.set_xlabel("task (permutation)")
+    ax.set_ylabel("test accuracy with its own mask [%]")
+    ax.legend(fontsize=8)
+    title = "Permuted MNIST: each task's accuracy after the last task"
+    ax.set_title(title, fontsize=10)
+    paper = {"largest change": "0 (used weights are frozen: no forgetting)"}
+    return Figure(name, title, _save(fig, out, name), numbers, paper)
+
+
+def _largest_change(rows: pa.Table) -> float:
+    grouped = rows.group_by(["trial_id", "evaluated_task"]).aggregate([("accuracy", "min"), ("accuracy", "max")])
+    spread = pc.subtract(grouped["accuracy_max"], grouped["accuracy_min"])
+    return float(pc.max(spread).as_py() or 0.0)
+
+
+FIGURES = [figure_3, figure_15a, figure_15b, figure_accuracy]

@@ -1,0 +1,76 @@
+"""Figs. 3, 15 and the accuracy check on hand-made Parquet rows with numbers worked out by hand."""
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from analysis.data import load_tables
+from analysis.figures import Figure, Skip
+from analysis.permuted_mnist import figure_3, figure_15a, figure_accuracy
+from analysis.report import analyze
+
+
+def _write(root: Path, table: str, rows: list[dict]):
+    by_trial: dict[str, list] = {}
+    for row in rows:
+        by_trial.setdefault(row["trial_id"], []).append({k: v for k, v in row.items() if k != "trial_id"})
+    for trial, trial_rows in by_trial.items():
+        path = root / "parquet" / table / f"trial_id={trial}" / "part-0.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(trial_rows), path)
+
+
+def _layer(trial, seed, after, layer, kept, shared, parameter="weight"):
+    return {"trial_id": trial, "experiment": "permuted-mnist", "sweep": "s", "seed": seed, "after_task": after,
+            "layer": f"layers.{layer}", "parameter": parameter, "total": 1000, "kept": kept,
+            "shared_with_earlier": shared}
+
+
+def _accuracy(trial, seed, after, evaluated, accuracy):
+    return {"trial_id": trial, "experiment": "permuted-mnist", "sweep": "s", "seed": seed, "after_task": after,
+            "evaluated_task": evaluated, "accuracy": accuracy}
+
+
+def _layer_rows():
+    rows = []
+    for trial, seed, shared_output in (("a", 0, 30), ("b", 1, 50)):
+        rows += [_layer(trial, seed, 0, 0, 100, None), _layer(trial, seed, 0, 3, 100, None)]  # task 0: no earlier
+        rows += [_layer(trial, seed, 1, 0, 100, 10), _layer(trial, seed, 1, 3, 100, shared_output)]  # T2
+        rows += [_layer(trial, seed, 2, 0, 100, 90), _layer(trial, seed, 2, 3, 100, 90)]  # T3: not plotted
+        rows += [_layer(trial, seed, 1, 0, 10, 10, parameter="bias")]  # biases are left out, as in the paper
+    return rows
+
+
+def test_sharing_per_layer_after_every_second_task_by_hand(tmp_path):
+    _write(tmp_path, "continual_layers", _layer_rows())
+    _write(tmp_path, "metrics", [{"trial_id": "a", "experiment": "permuted-mnist", "sweep": "s", "seed": 0,
+                                  "mask": "task0", "subtask": "task0", "accuracy": 0.9}])
+    figure = figure_3(load_tables([tmp_path]), tmp_path / "out")
+    assert isinstance(figure, Figure) and figure.files[0].exists()
+    # layer 1: 10/100 in both seeds -> 10 ± 0; output layer: 30 % and 50 % -> mean 40, sample std √200 = 14.1
+    assert figure.numbers["layer 1 (input, permuted): shared % after T2"] == "10.0 ± 0.0"
+    assert figure.numbers["layer 2 (output): shared % after T2"] == "40.0 ± 14.1"
+    # all layers: (10 + 30) / 200 = 20 % and (10 + 50) / 200 = 30 % -> 25 ± 7.1
+    assert figure.numbers["all layers: shared % after T2"] == "25.0 ± 7.1"
+    assert figure.numbers["seeds"] == 2
+    assert isinstance(figure_15a(load_tables([tmp_path]), tmp_path / "out"), Skip)
+
+
+def test_accuracy_figure_reports_any_forgetting(tmp_path):
+    rows = [_accuracy("a", 0, 0, 0, 0.9), _accuracy("a", 0, 1, 0, 0.9), _accuracy("a", 0, 1, 1, 0.8),
+            _accuracy("b", 1, 0, 0, 0.7), _accuracy("b", 1, 1, 0, 0.75), _accuracy("b", 1, 1, 1, 0.6)]
+    _write(tmp_path, "continual", rows)
+    figure = figure_accuracy(load_tables([tmp_path]), tmp_path / "out")
+    assert figure.numbers["permuted-mnist: accuracy % per task after T2"] == "82.5, 70.0"  # (0.9+0.75)/2, (0.8+0.6)/2
+    assert figure.numbers["permuted-mnist: largest change of an earlier task's accuracy"] == pytest.approx(0.05)
+
+
+def test_report_has_the_paper_column(tmp_path):
+    _write(tmp_path, "continual_layers", _layer_rows())
+    _write(tmp_path, "metrics", [{"trial_id": "a", "experiment": "permuted-mnist", "sweep": "s", "seed": 0,
+                                  "mask": "task0", "subtask": "task0", "accuracy": 0.9}])
+    report, outcomes = analyze([tmp_path], tmp_path / "out")
+    text = report.read_text()
+    assert "Fig. 3" in text and "fills first" in text and "a new permutation needs its own first layer" in text

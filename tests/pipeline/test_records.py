@@ -1,0 +1,48 @@
+"""The MLflow store: created safely by many processes at once; curves batched without duplicates."""
+
+import subprocess
+import sys
+
+import mlflow
+import pytest
+
+from pipeline import records
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attempt", range(3))
+def test_many_processes_starting_on_a_fresh_folder_all_succeed(tmp_path, attempt):
+    """Each process creates the sqlite schema if missing and starts a run, at the same moment."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = ("import sys; from pipeline import records; records.check_tracking(sys.argv[1]); "
+            "records.start_trial_run(sys.argv[1], 'modular/x', sys.argv[2], {'a': 1}, {})")
+    processes = [subprocess.Popen([sys.executable, "-c", code, uri, f"trial-{i}"], stderr=subprocess.PIPE, text=True)
+                 for i in range(4)]
+    errors = [p.communicate(timeout=300)[1] for p in processes]
+    assert [p.returncode for p in processes] == [0] * 4, errors
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("modular/x").experiment_id])
+    assert sorted(r.data.tags["trial_id"] for r in runs) == [f"trial-{i}" for i in range(4)]
+
+
+def test_curves_are_batched_and_a_resumed_run_repeats_no_step(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    records.check_tracking(uri)
+    run_id, existed = records.start_trial_run(uri, "modular/x", "t", {"a": 1}, {})
+    assert not existed
+    logger = records.MetricLogger(uri, run_id, interval=3600)
+    for step in (100, 200, 300):
+        logger.log("mask add", step, {"loss": step / 100})
+    client = mlflow.MlflowClient(uri)
+    assert client.get_metric_history(run_id, "mask/add/loss") == []  # nothing sent before the flush
+    logger.flush()
+    # the trial dies and resumes from its checkpoint at step 200: steps 200 and 300 come again
+    same_run, existed = records.start_trial_run(uri, "modular/x", "t", {"a": 1}, {})
+    assert same_run == run_id and existed
+    resumed = records.MetricLogger(uri, run_id, resumed=True, interval=3600)
+    for step in (200, 300, 400):
+        resumed.log("mask add", step, {"loss": step})
+    resumed.flush()
+    history = client.get_metric_history(run_id, "mask/add/loss")
+    assert sorted((m.step, m.value) for m in history) == [(100, 1.0), (200, 2.0), (300, 3.0), (400, 400.0)]
+    assert client.get_run(run_id).info.status == "RUNNING"
