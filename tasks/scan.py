@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from models.atomic import atomic_path
+from tasks.mathematics import attention_fast_path_disabled
 from tasks.registry import register_task, suggest
 
 log = logging.getLogger(__name__)
@@ -213,7 +214,8 @@ class ScanTask:
 
     def loss(self, model: nn.Module, batch: Batch) -> Tensor:
         """Mean cross-entropy over the real target tokens (the end token included, padding not)."""
-        logits = model(batch.source, batch.target_in, batch.source == PAD, teacher_forcing=batch.teacher_forcing)
+        with attention_fast_path_disabled():  # masks train over an eval-mode network (see tasks.mathematics)
+            logits = model(batch.source, batch.target_in, batch.source == PAD, teacher_forcing=batch.teacher_forcing)
         return nn.functional.cross_entropy(logits.flatten(0, 1), batch.target_out.flatten(), ignore_index=PAD)
 
     def eval_batches(self, split: str, size: int, device="cpu") -> list[Batch]:
