@@ -16,7 +16,7 @@ from tasks.scan import FILES, PAD, Batch, ScanDataError, ensure_files
 
 
 @pytest.fixture(scope="module")
-def scan(request):
+def scan():
     from tests.conftest import SHARED_DATA
 
     if not SHARED_DATA.is_dir():
