@@ -15,6 +15,7 @@ REQUIRED_COLUMNS = {
     "layers": ["trial_id", "experiment", "seed", "sweep", "mask", "layer", "total", "kept", "shared"],
     "operations": ["trial_id", "experiment", "seed", "sweep", "mask", "subtask", "operation", "fraction"],
     "histograms": ["trial_id", "experiment", "sweep", "mask", "bin_left", "bin_right", "count"],
+    "output_removal": ["trial_id", "experiment", "seed", "sweep", "mask", "token", "removed_percent"],
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from analysis import cifar10, mathematics, permuted_mnist
+from analysis import cifar10, mathematics, permuted_mnist, scan
 from analysis.data import load_tables
 from analysis.figures import ALL_FIGURES, Skip
 
@@ -13,7 +13,7 @@ def analyze(results_dirs: list[Path], out: Path, sweep: str | None = None) -> tu
     """-> (report path, [Figure | Skip]). Raises AnalysisInputError on unusable input."""
     tables = load_tables(results_dirs, sweep)
     outcomes = [draw(tables, out) for draw in [*ALL_FIGURES, *mathematics.FIGURES, *permuted_mnist.FIGURES,
-                                               *cifar10.FIGURES]]
+                                               *cifar10.FIGURES, *scan.FIGURES]]
     report = out / "report.md"
     out.mkdir(parents=True, exist_ok=True)
     tmp = report.with_name(".report.md.tmp")

@@ -23,7 +23,10 @@ class LSTMLayer(nn.Module):
         self.input_to_gates = nn.Linear(input_size, 4 * hidden_size)
         self.hidden_to_gates = nn.Linear(hidden_size, 4 * hidden_size, bias=False)
 
-    def forward(self, inputs: Tensor, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple]:
+    def forward(self, inputs: Tensor, state: tuple[Tensor, Tensor] | None = None,
+                keep: Tensor | None = None) -> tuple[Tensor, tuple]:
+        """keep [B, T] bool (optional): where False (padding) the state passes through unchanged,
+        so the final state of a right-padded sequence is the state after its last real step."""
         batch = inputs.shape[0]
         if state is None:
             zeros = inputs.new_zeros(batch, self.hidden_size)
@@ -34,8 +37,12 @@ class LSTMLayer(nn.Module):
         for t in range(inputs.shape[1]):
             gates = projected[:, t] + self.hidden_to_gates(hidden)
             i, f, g, o = gates.chunk(4, dim=-1)
-            cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(g)
-            hidden = torch.sigmoid(o) * torch.tanh(cell)
+            new_cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(g)
+            new_hidden = torch.sigmoid(o) * torch.tanh(new_cell)
+            if keep is not None:
+                step_keeps = keep[:, t, None]
+                new_cell, new_hidden = torch.where(step_keeps, new_cell, cell), torch.where(step_keeps, new_hidden, hidden)
+            cell, hidden = new_cell, new_hidden
             outputs.append(hidden)
         return torch.stack(outputs, 1), (hidden, cell)
 

@@ -16,6 +16,8 @@ class Seq2SeqTransformer(nn.Module):
 
     tied=True: one embedding for source and target tokens, also used as the output layer's weight
     (one parameter, so a mask over it is one mask); needs input_vocab == output_vocab.
+    teacher_forcing=False (forward): only target[:, 0] is read and each step's input is the previous
+    step's argmax, the same contract as models.seq2seq_lstm.Seq2SeqLSTM.
     """
 
     def __init__(self, input_vocab: int, output_vocab: int, d_model: int = 128, num_heads: int = 4,
@@ -37,15 +39,30 @@ class Seq2SeqTransformer(nn.Module):
         if tied:
             self.output_layer.weight = self.source_embedding.weight
 
-    def forward(self, source: Tensor, target: Tensor, source_padding: Tensor | None = None) -> Tensor:
-        """source_padding [B, S] bool, True at padding: neither the encoder nor the decoder attends there
-        (so an example's output does not depend on how much padding its batch needed)."""
-        src = self.source_embedding(source) + self.positions[: source.shape[1]]
+    def forward(self, source: Tensor, target: Tensor, source_padding: Tensor | None = None,
+                teacher_forcing: bool = True) -> Tensor:
+        """source [B, S], target [B, T] -> logits [B, T, output_vocab].
+
+        source_padding [B, S] bool, True at padding: neither the encoder nor the decoder attends there
+        (so an example's output does not depend on how much padding its batch needed).
+        """
+        memory = self.transformer.encoder(self.source_embedding(source) + self.positions[: source.shape[1]],
+                                          src_key_padding_mask=source_padding)
+        if teacher_forcing:
+            return self.decode(memory, target, source_padding)
+        prefix = target[:, :1]
+        for _ in range(target.shape[1]):
+            logits = self.decode(memory, prefix, source_padding)
+            prefix = torch.cat([prefix, logits[:, -1:].argmax(-1)], 1)
+        return logits
+
+    def decode(self, memory: Tensor, target: Tensor, source_padding: Tensor | None) -> Tensor:
+        """memory [B, S, d_model], target [B, T] -> logits [B, T, output_vocab] (causal)."""
         tgt = (self.target_embedding or self.source_embedding)(target) + self.positions[: target.shape[1]]
         causal = nn.Transformer.generate_square_subsequent_mask(target.shape[1], device=target.device)
-        decoded = self.transformer(src, tgt, tgt_mask=causal, tgt_is_causal=True, src_key_padding_mask=source_padding,
-                                   memory_key_padding_mask=source_padding)
-        return self.output_layer(decoded)
+        hidden = self.transformer.decoder(tgt, memory, tgt_mask=causal, tgt_is_causal=True,
+                                          memory_key_padding_mask=source_padding)
+        return self.output_layer(hidden)
 
 
 @torch.no_grad()

@@ -15,7 +15,6 @@ start and end), one vocabulary for questions and answers, so the embedding can b
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import logging
@@ -165,18 +164,6 @@ def make_batch(split: EncodedSplit, indices: Tensor, device) -> Batch:
     return Batch(*(t.to(device) for t in batch))
 
 
-@contextlib.contextmanager
-def attention_fast_path_disabled():
-    """Masks train over the network in eval mode, where nn.Transformer* would take its inference
-    kernel, which has no derivative; the plain path computes the same function."""
-    enabled = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(enabled)
-
-
 # -- the task -----------------------------------------------------------------------------------------
 @register_task("mathematics")
 class MathematicsTask:
@@ -213,8 +200,7 @@ class MathematicsTask:
 
     def loss(self, model: nn.Module, batch: Batch) -> Tensor:
         """Teacher forced: mean cross-entropy over answer characters and END."""
-        with attention_fast_path_disabled():
-            logits = model(batch.source, batch.target_input, batch.source_padding)  # [B, T, V]
+        logits = model(batch.source, batch.target_input, batch.source_padding)  # [B, T, V]
         return nn.functional.cross_entropy(logits.flatten(0, 1), batch.target_output.flatten(), ignore_index=PAD)
 
     def eval_batches(self, split: str, size: int, device="cpu") -> list[Batch]:

@@ -9,8 +9,7 @@ import torch
 from models.masking import MaskConfig, MaskedModel, Masks, ParameterFilter, applied
 from models.registry import build_model
 from pipeline.experiments import get_experiment
-from tasks.mathematics import (END, PAD, START, MathematicsOptions, MathematicsTask, attention_fast_path_disabled,
-                               decode, resplit)
+from tasks.mathematics import (END, PAD, START, MathematicsOptions, MathematicsTask, decode, resplit)
 
 SAMPLE = "mathematics_dataset_sample"
 MODULES = ["arithmetic__add_or_sub", "algebra__linear_1d", "calculus__differentiate", "comparison__sort",
@@ -177,8 +176,7 @@ def test_tied_embedding_is_one_parameter_with_one_mask():
 
     source, target = torch.randint(3, 98, (4, 9)), torch.randint(3, 98, (4, 5))
     padding = torch.zeros(4, 9, dtype=torch.bool)
-    with attention_fast_path_disabled():
-        masked(source, target, padding).sum().backward()  # the masked forward leaves the plain model usable
+    masked(source, target, padding).sum().backward()  # the masked forward leaves the plain model usable
     assert isinstance(model.source_embedding.weight, torch.nn.Parameter)
     keep = {n: torch.ones_like(l, dtype=torch.bool) for n, l in zip(masked.names, masked.logits)}
     keep["source_embedding.weight"][7] = False  # drop character 7's embedding: also its output-layer row

@@ -1,0 +1,95 @@
+"""The paper's SCAN figures (Section 4, Appendix C.6.1) from Parquet: Fig. 4a, 4b and 16.
+
+metrics rows: mask "none" (the network pretrained on simple), a mask per split ("simple" is trained on
+the pretraining distribution: the paper's "masks trained on the full problem"), and "baseline" (a
+network trained on that split's train set alone); `subtask` is the test set. output_removal rows: per
+mask and output token, the % of that token's output-layer weights the mask removes.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+
+from analysis.figures import Figure, Skip, _bars, _lookup, _save
+from analysis.stats import mean_std, where
+
+EXPERIMENTS = ["scan-lstm", "scan-transformer"]
+SPLITS = ["simple", "length", "addprim_jump", "addprim_turn_left"]
+TOKENS = ["I_JUMP", "I_WALK", "I_RUN", "I_LOOK", "I_TURN_LEFT", "I_TURN_RIGHT", "<end>"]
+
+
+def _present(tables, table: str, name: str):
+    """The SCAN experiments in `table`, or a Skip saying why there are none."""
+    if table not in tables:
+        return Skip(name, f"no {table} table")
+    present = set(tables[table].column("experiment").to_pylist())
+    experiments = [e for e in EXPERIMENTS if e in present]
+    return experiments or Skip(name, f"no {' or '.join(EXPERIMENTS)} rows in the {table} table")
+
+
+def _accuracy_figure(tables, out, name, title, series, paper) -> Figure | Skip:
+    experiments = _present(tables, "metrics", name)
+    if isinstance(experiments, Skip):
+        return experiments
+    fig, axes = plt.subplots(1, len(experiments), figsize=(6 * len(experiments), 3.6), squeeze=False)
+    numbers = {}
+    for ax, experiment in zip(axes[0], experiments):
+        rows = mean_std(where(tables["metrics"], experiment=experiment), ["mask", "subtask"], "accuracy")
+        values = {label: [_lookup(rows, mask=mask_of(split), subtask=split) for split in SPLITS]
+                  for label, mask_of in series.items()}
+        _bars(ax, SPLITS, {label: [(100 * m, 100 * s) for m, s in v] for label, v in values.items()},
+              "test accuracy [%]")
+        ax.set_ylim(0, 105)
+        ax.set_title(experiment)
+        for label, v in values.items():
+            numbers[f"{experiment} {label}"] = ", ".join(f"{split} {100 * m:.1f}±{100 * s:.1f}%"
+                                                         for split, (m, s) in zip(SPLITS, v))
+    fig.suptitle(title, y=1.03)
+    return Figure(name, title, _save(fig, out, name), numbers, paper)
+
+
+def figure_4a(tables, out):
+    return _accuracy_figure(
+        tables, out, "fig04a_scan_mask_accuracy",
+        "Fig. 4a: SCAN test accuracy, mask trained on simple vs on the split's own train set",
+        {"mask trained on simple (full problem)": lambda split: "simple",
+         "mask trained on the split": lambda split: split},
+        {"gap": "masks trained on a split's train set do far worse on its test set than masks trained on "
+                "simple (the full problem): the learned solution is not compositional"})
+
+
+def figure_16(tables, out):
+    return _accuracy_figure(
+        tables, out, "fig16_scan_baselines",
+        "Fig. 16: trained on the split alone (baseline) vs pretrained on simple, with and without the split's mask",
+        {"baseline: trained on the split": lambda split: "baseline",
+         "pretrained on simple, no mask": lambda split: "none",
+         "pretrained on simple, split's mask": lambda split: split},
+        {"baseline": "pretraining on simple helps every split compared with training on the split alone",
+         "split's mask": "removing weights the split's train set does not need hurts, yet stays above the baseline"})
+
+
+def figure_4b(tables, out):
+    name = "fig04b_scan_output_removal"
+    experiments = _present(tables, "output_removal", name)
+    if isinstance(experiments, Skip):
+        return experiments
+    fig, axes = plt.subplots(1, len(experiments), figsize=(6 * len(experiments), 3.6), squeeze=False)
+    numbers = {}
+    for ax, experiment in zip(axes[0], experiments):
+        rows = mean_std(where(tables["output_removal"], experiment=experiment), ["mask", "token"], "removed_percent")
+        masks = [m for m in SPLITS if any(r["mask"] == m for r in rows)]
+        _bars(ax, TOKENS, {m: [_lookup(rows, mask=m, token=t) for t in TOKENS] for m in masks},
+              "output-layer weights removed [%]")
+        ax.set_title(experiment)
+        for m in masks:
+            numbers[f"{experiment} mask {m}: removed % per token"] = ", ".join(
+                f"{t} {_lookup(rows, mask=m, token=t)[0]:.0f}" for t in TOKENS)
+    title = "Fig. 4b: output-layer weights removed per token by each mask"
+    fig.suptitle(title, y=1.03)
+    return Figure(name, title, _save(fig, out, name), numbers,
+                  {"scan-lstm mask addprim_jump": "almost half of I_JUMP's weights removed; the most apparent "
+                                                  "difference of the LSTM decoder"})
+
+
+FIGURES = [figure_4a, figure_4b, figure_16]
