@@ -228,23 +228,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_joining_a_cluster_with_token_authentication(tmp_path, monkeypatch):
-    """The head requires a token; the driver has it (RAY_AUTH_TOKEN) but no RAY_AUTH_MODE: the sweep runs.
-    With a wrong token: one clear error, and no MLflow run left RUNNING."""
+def test_joining_a_cluster_with_token_authentication(tmp_path):
+    """The head requires a token; a driver that has it (RAY_AUTH_TOKEN) but no RAY_AUTH_MODE runs the
+    sweep. With a wrong token: one clear error, and no MLflow run left RUNNING. Each driver is a fresh
+    process, as a user's is (Ray keeps the token it loaded for the life of a process)."""
     address, temp_dir = _start_head(tmp_path, "a" * 32)
+    command = [sys.executable, "-m", "pipeline.cli", "sweep", "sharing-vs-capacity", "--smoke", "--seeds", "1",
+               "--address", address] + [a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]
+    environment = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
     try:
-        monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
-        monkeypatch.setenv("RAY_AUTH_TOKEN", "a" * 32)
-        summary = _sweep(tmp_path / "good", seeds=1, address=address)
-        assert (summary.done, summary.failed) == (2, 0)
-        # a fresh process: Ray keeps the token it loaded for the life of a process
-        env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"} | {"RAY_AUTH_TOKEN": "b" * 32,
-                                                                              "MLFLOW_TRACKING_URI": ""}
-        result = subprocess.run([sys.executable, "-m", "pipeline.cli", "sweep", "sharing-vs-capacity", "--smoke",
-                                 "--seeds", "1", "--address", address, "--results-dir", str(tmp_path / "bad")],
-                                env=env, capture_output=True, text=True, timeout=300)
-        output = result.stdout + result.stderr
-        assert result.returncode != 0 and "cannot join the Ray cluster" in output, output[-3000:]
+        good = subprocess.run([*command, "--results-dir", str(tmp_path / "good")], capture_output=True, text=True,
+                              env=environment | {"RAY_AUTH_TOKEN": "a" * 32, "MLFLOW_TRACKING_URI": ""}, timeout=600)
+        assert good.returncode == 0 and "2 trials done, 0 failed" in good.stdout, (good.stdout + good.stderr)[-3000:]
+        bad = subprocess.run([*command, "--results-dir", str(tmp_path / "bad")], capture_output=True, text=True,
+                             env=environment | {"RAY_AUTH_TOKEN": "b" * 32, "MLFLOW_TRACKING_URI": ""}, timeout=600)
+        output = bad.stdout + bad.stderr
+        assert bad.returncode != 0 and "cannot join the Ray cluster" in output, output[-3000:]
         assert "auth_token" in output and "Traceback" not in output
         client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'bad' / 'mlflow.db'}")
         runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
