@@ -10,27 +10,18 @@ from __future__ import annotations
 
 from typing import Callable
 
-from tasks.registry import suggest
+from tasks.registry import Registry
 
-_MAKERS: dict[str, Callable] = {}
+_MAKERS = Registry("dataset")
 
 
 def register_dataset(name: str):
     """Decorator on a maker function; duplicate names are an error."""
-
-    def decorate(maker):
-        if name in _MAKERS:
-            raise ValueError(f"dataset {name!r} is already registered (by {_MAKERS[name].__module__})")
-        _MAKERS[name] = maker
-        return maker
-
-    return decorate
+    return _MAKERS.register(name)
 
 
 def dataset_maker(name: str) -> Callable:
-    if name not in _MAKERS:
-        raise KeyError(f"unknown dataset {name!r}{suggest(name, _MAKERS)}; known: {', '.join(sorted(_MAKERS))}")
-    return _MAKERS[name]
+    return _MAKERS.find(name)
 
 
 def dataset_names() -> list[str]:

@@ -16,7 +16,30 @@ from typing import Any, Iterable, Protocol
 import torch
 from torch import Tensor, nn
 
-_TASKS: dict[str, type] = {}
+class Registry(dict):
+    """Things by unique name: `register(name)` decorates one in; `find(name)` finds it or raises a
+    KeyError that suggests the nearest name. Tasks, dataset makers and studies each keep one."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+
+    def register(self, name: str):
+        def decorate(thing):
+            if name in self:
+                raise ValueError(f"{self.kind} {name!r} is already registered (by {self[name].__module__})")
+            self[name] = thing
+            return thing
+
+        return decorate
+
+    def find(self, name: str, hint: str = ""):
+        if name not in self:
+            raise KeyError(f"unknown {self.kind} {name!r}{suggest(name, self)}; known: {', '.join(sorted(self))}{hint}")
+        return self[name]
+
+
+_TASKS = Registry("task")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,14 +82,7 @@ class Task(Protocol):
 
 def register_task(name: str):
     """Class decorator: make a task constructible by name. Duplicate names are an error."""
-
-    def decorate(factory):
-        if name in _TASKS:
-            raise ValueError(f"task {name!r} is already registered (by {_TASKS[name].__module__})")
-        _TASKS[name] = factory
-        return factory
-
-    return decorate
+    return _TASKS.register(name)
 
 
 def task_class(name: str) -> type:
@@ -77,10 +93,7 @@ def task_class(name: str) -> type:
             return getattr(importlib.import_module(module_name), attribute)
         except (ImportError, AttributeError) as error:
             raise KeyError(f"cannot import task {name!r}: {error}") from None
-    if name not in _TASKS:
-        raise KeyError(f"unknown task {name!r}{suggest(name, _TASKS)}; known tasks: {', '.join(sorted(_TASKS))}, "
-                       "or an import path like mypkg.tasks:MyTask")
-    return _TASKS[name]
+    return _TASKS.find(name, hint=", or an import path like mypkg.tasks:MyTask")
 
 
 def task_options(name: str):

@@ -10,27 +10,18 @@ from __future__ import annotations
 
 from typing import Callable
 
-from tasks.registry import suggest
+from tasks.registry import Registry
 
-_RECIPES: dict[str, Callable] = {}
+_RECIPES = Registry("study")
 
 
 def register_study(name: str):
     """Decorator on a recipe `recipe(ctx: TrialContext) -> dict[str, list[dict]]`."""
-
-    def decorate(recipe):
-        if name in _RECIPES:
-            raise ValueError(f"study {name!r} is already registered (by {_RECIPES[name].__module__})")
-        _RECIPES[name] = recipe
-        return recipe
-
-    return decorate
+    return _RECIPES.register(name)
 
 
 def get_study(name: str) -> Callable:
-    if name not in _RECIPES:
-        raise KeyError(f"unknown study {name!r}{suggest(name, _RECIPES)}; known studies: {', '.join(sorted(_RECIPES))}")
-    return _RECIPES[name]
+    return _RECIPES.find(name)
 
 
 def study_names() -> list[str]:
