@@ -7,7 +7,7 @@ import torch
 
 import pipeline.stages
 from pipeline.run import run_trial
-from tests.pipeline.test_run import _runs, tiny
+from tests.pipeline.test_run import _runs, interrupt_in_second_mask, tiny
 
 
 @pytest.fixture(autouse=True)
@@ -62,19 +62,7 @@ def test_truncated_mask_file_redoes_its_stage_with_the_same_result(tmp_path, cap
 @pytest.mark.slow
 def test_corrupt_mid_stage_checkpoint_restarts_the_stage(tmp_path, monkeypatch, caplog):
     straight = run_trial(tiny(), tmp_path / "straight")
-    calls = {"n": 0}
-    real_step = pipeline.stages.training_step
-
-    def failing_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 45:  # second mask, after its checkpoint at step 10
-            raise KeyboardInterrupt
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(pipeline.stages, "training_step", failing_step)
-    with pytest.raises(KeyboardInterrupt):
-        run_trial(tiny(), tmp_path / "resumed")
-    monkeypatch.setattr(pipeline.stages, "training_step", real_step)
+    interrupt_in_second_mask(monkeypatch, tmp_path / "resumed")
     checkpoint = tmp_path / "resumed" / "trials" / straight.trial_id / "masks" / "mul.checkpoint.pt"
     _truncate(checkpoint)
     with caplog.at_level(logging.WARNING):

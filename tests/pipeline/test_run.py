@@ -81,28 +81,33 @@ def test_concurrent_trials_sharing_a_network_pretrain_it_once(tmp_path, monkeypa
     assert len(calls) == 1 and len(list((tmp_path / "pretrained").glob("*/model.pt"))) == 1
 
 
-@pytest.mark.slow
-def test_interrupted_trial_resumes_to_the_same_result_exactly_once(tmp_path, monkeypatch):
-    straight = run_trial(tiny(), tmp_path / "straight")
-
+def interrupt_in_second_mask(monkeypatch, results_dir) -> None:
+    """Run the tiny trial into `results_dir`, stopped by a KeyboardInterrupt at the 15th step of its
+    second mask (after that mask's checkpoint at step 10); training_step is real again afterwards."""
     calls = {"n": 0}
     real_step = pipeline.stages.training_step
 
     def failing_step(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 45:  # second mask, after its checkpoint at step 10
+        if calls["n"] == 45:
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)
 
     monkeypatch.setattr(pipeline.stages, "training_step", failing_step)
     with pytest.raises(KeyboardInterrupt):
-        run_trial(tiny(), tmp_path / "resumed")
+        run_trial(tiny(), results_dir)
+    monkeypatch.setattr(pipeline.stages, "training_step", real_step)
+
+
+@pytest.mark.slow
+def test_interrupted_trial_resumes_to_the_same_result_exactly_once(tmp_path, monkeypatch):
+    straight = run_trial(tiny(), tmp_path / "straight")
+    interrupt_in_second_mask(monkeypatch, tmp_path / "resumed")
     masks_dir = tmp_path / "resumed" / "trials" / straight.trial_id / "masks"
     assert (masks_dir / "add.logits.pt").exists() and (masks_dir / "mul.checkpoint.pt").exists()
     assert not (tmp_path / "resumed" / "parquet").exists() and not list(masks_dir.glob(".*.tmp"))
     pretrained = next((tmp_path / "resumed" / "pretrained").glob("*/model.pt"))
     pretrained_mtime = pretrained.stat().st_mtime_ns
-    monkeypatch.setattr(pipeline.stages, "training_step", real_step)
 
     resumed = run_trial(tiny(), tmp_path / "resumed")
     run_trial(tiny(), tmp_path / "resumed")  # a third call finds it finished
