@@ -71,6 +71,14 @@ def element_wise_step(masked: MaskedModel, gradients: list[torch.Tensor]):
         torch.autograd.grad(stack, logit, gradients[i])
 
 
+def _gradient_as_in_a_step(logit: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """A random K-stack gradient for `logit` [*S], laid out as a Linear layer's weight gradient
+    arrives (matrices transposed): [K, *S]."""
+    shape = logit.t().shape if logit.dim() == 2 else logit.shape
+    gradient = torch.randn(num_samples, *shape, device=logit.device)
+    return gradient.transpose(-1, -2) if logit.dim() == 2 else gradient
+
+
 def element_wise_bytes(masked: MaskedModel) -> int:
     """Least bytes the fused kernels move per step: 4N(2 + K) forward + 4N(3 + K) backward."""
     K = masked.config.num_samples
@@ -87,7 +95,7 @@ def steps_for(size: str, num_samples: int, device) -> dict:
     eager = MaskedModel(model, MaskConfig(num_samples=num_samples, alpha=1e-6))
     fused = MaskedModel(copy.deepcopy(model), MaskConfig(num_samples=num_samples, alpha=1e-6), fused=True)
     eager_optimizer, fused_optimizer = make_optimizer(eager), make_optimizer(fused)
-    gradients = [torch.randn(num_samples, *logit.shape, device=device) for logit in fused.logits]
+    gradients = [_gradient_as_in_a_step(logit, num_samples) for logit in fused.logits]
     steps = {
         "plain": lambda: plain_step(plain_model, weight_optimizer, x, y),
         "eager": lambda: training_step(eager, eager_optimizer, lambda: loss_function(eager(x), y)),
