@@ -246,6 +246,7 @@ def keyed_uniforms(key: Tensor, weight_shape: torch.Size, num_samples: int) -> T
 
 
 def draw_keys(count: int, device, generator: torch.Generator | None = None) -> list[Tensor]:
-    """Fresh int32 [2] keys from torch's generator (so torch.manual_seed repeats a run)."""
+    """Fresh int32 [2] keys from torch's CPU generator (so torch.manual_seed repeats a run), moved
+    to `device` in one copy."""
     keys = torch.randint(-(2**31), 2**31 - 1, (count, 2), dtype=torch.int32, generator=generator)
-    return [k.to(device) for k in keys]
+    return list(keys.to(device).unbind(0))
