@@ -153,17 +153,26 @@ def _hash32(x: Tensor) -> Tensor:
     return x ^ _shift_right(x, 16)
 
 
-def counter_uniform(key: Tensor, shape: tuple[int, ...]) -> Tensor:
-    """Uniforms in [0, 1) with 24 random bits; element i (row-major) from (key, i): [*shape].
+def counter_uniform(key: Tensor, shape: tuple[int, ...], start: int = 0) -> Tensor:
+    """Uniforms in [0, 1) with 24 random bits; element i (row-major) from (key, start + i): [*shape].
 
     key: int32 tensor [2] (a tensor, so that compiled kernels do not specialise on its value).
+    The counter c = start + i has any size: its low 32 bits go through the hash, and its high bits
+    (c >> 32, zero below 2^32) perturb the second key half, so no stretch of noise ever repeats.
+    Below 2^31 the counter is an int32 `arange` (what a kernel computes fastest).
     """
     count = 1
     for size in shape:
         count *= size
-    index = torch.arange(count, dtype=torch.int32, device=key.device).view(shape)
-    x = _hash32(_hash32(index ^ key[0]) ^ key[1])
-    return _shift_right(x, 8).to(torch.float32) * (1.0 / (1 << 24))
+    if start + count <= 2**31:
+        index = torch.arange(start, start + count, dtype=torch.int32, device=key.device)
+        x = _hash32(_hash32(index ^ key[0]) ^ key[1])
+    else:
+        index = torch.arange(start, start + count, dtype=torch.int64, device=key.device)
+        low = (((index + 2**31) & 0xFFFFFFFF) - 2**31).to(torch.int32)  # c mod 2^32, as signed int32
+        high = _hash32((index >> 32).to(torch.int32))  # 0 where c < 2^32 (the hash maps 0 to 0)
+        x = _hash32(_hash32(low ^ key[0]) ^ (key[1] ^ high))
+    return (_shift_right(x, 8).to(torch.float32) * (1.0 / (1 << 24))).view(shape)
 
 
 def _keyed_forward(weight: Tensor, logits: Tensor, key: Tensor, num_samples: int) -> Tensor:
@@ -237,6 +246,7 @@ def keyed_uniforms(key: Tensor, weight_shape: torch.Size, num_samples: int) -> T
 
 
 def draw_keys(count: int, device, generator: torch.Generator | None = None) -> list[Tensor]:
-    """Fresh int32 [2] keys from torch's generator (so torch.manual_seed repeats a run)."""
+    """Fresh int32 [2] keys from torch's CPU generator (so torch.manual_seed repeats a run), moved
+    to `device` in one copy."""
     keys = torch.randint(-(2**31), 2**31 - 1, (count, 2), dtype=torch.int32, generator=generator)
-    return [k.to(device) for k in keys]
+    return list(keys.to(device).unbind(0))

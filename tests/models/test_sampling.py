@@ -51,3 +51,54 @@ def test_straight_through_matches_autograd_of_eq_2(temperature):
     torch.testing.assert_close(ours, reference)
     for a, b in zip(ours_grads, reference_grads):
         torch.testing.assert_close(a, b)
+
+
+# -- counter-based noise: any index range --------------------------------------------------------
+
+def _lowbias32(x: int) -> int:
+    """Wellons' lowbias32 on unsigned 32-bit Python ints (written out independently of the library)."""
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def _reference_uniform(key: tuple[int, int], counter: int) -> float:
+    """The documented noise of counter c: hash(hash(c_low ^ k0) ^ k1 ^ hash(c_high)) >> 8, over 2^24."""
+    k0, k1 = (k & 0xFFFFFFFF for k in key)
+    low, high = counter & 0xFFFFFFFF, counter >> 32
+    x = _lowbias32(_lowbias32(low ^ k0) ^ k1 ^ _lowbias32(high))
+    return (x >> 8) / 2**24
+
+
+@pytest.mark.parametrize("start", [0, 2**31 - 3, 2**32 - 2, 5 * 2**32 + 7, 2**40 - 1])
+def test_counter_noise_is_the_hash_of_the_full_index_at_any_offset(start):
+    from models.masking.sampling import counter_uniform
+
+    key = (-123456789, 987654321)
+    u = counter_uniform(torch.tensor(key, dtype=torch.int32), (6,), start=start)
+    expected = torch.tensor([_reference_uniform(key, start + i) for i in range(6)])
+    assert torch.equal(u, expected)
+
+
+def test_counter_noise_does_not_repeat_past_2_to_the_31_or_32():
+    from models.masking.sampling import counter_uniform
+
+    key = torch.tensor([11, -7], dtype=torch.int32)
+    first = counter_uniform(key, (1000,))
+    for offset in (2**31, 2**32, 2**33):
+        later = counter_uniform(key, (1000,), start=offset)
+        assert (later != first).float().mean() > 0.99
+
+
+def test_counter_noise_is_laid_out_row_major_over_a_large_k_stack():
+    """A [K, *S] stack with K·numel ≥ 2^32 (shapes only, on the meta device: nothing allocated) has the
+    right shape, and the slice of a real stack at sample k is the counter range starting at k·numel."""
+    from models.masking.sampling import counter_uniform
+
+    meta_key = torch.zeros(2, dtype=torch.int32, device="meta")
+    assert counter_uniform(meta_key, (4, 2**30 + 1)).shape == (4, 2**30 + 1)
+    key = torch.tensor([3, 4], dtype=torch.int32)
+    stack = counter_uniform(key, (3, 5, 7))
+    assert torch.equal(stack[2].flatten(), counter_uniform(key, (35,), start=70))
