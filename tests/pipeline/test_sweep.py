@@ -33,6 +33,11 @@ def _sweep(results_dir, **kwargs):
     return run_sweep("sharing-vs-capacity", results_dir, **(options | kwargs))
 
 
+def _trial_runs(client) -> list:
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return [r for r in client.search_runs(experiments) if "trial_id" in r.data.tags] if experiments else []
+
+
 def _assert_each_trial_once(results_dir, trials: int):
     table = ds.dataset(results_dir / "parquet" / "metrics", partitioning="hive").to_table()
     ids = table.column("trial_id").to_pylist()
@@ -121,12 +126,20 @@ def test_interrupted_sweep_says_so_exits_130_and_leaves_no_run_running(tmp_path)
     """One SIGINT during the first mask stage: not a success, and the same command resumes it."""
     command = [sys.executable, "-m", "pipeline.cli", "sweep", "sharing-vs-capacity", "--smoke", "--seeds", "1",
                "--results-dir", str(tmp_path), "--set", "pretrain.steps=40", "--set", "mask.steps=4000",
-               "--set", "mask.fused=false", "--set", "checkpoint_every=10", "--set", "eval_size=64"]
+               "--set", "mask.fused=false", "--set", "checkpoint_every=10", "--set", "eval_size=64",
+               "--set", "log_every=10"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env=os.environ | {"MLFLOW_TRACKING_URI": ""})
-    deadline = time.time() + 240
-    while not list((tmp_path / "trials").glob("*/masks/add.checkpoint.pt")) and time.time() < deadline:
+    # while it runs, MLflow shows the trials RUNNING with growing curves
+    deadline, points = time.time() + 240, []
+    while not (tmp_path / "trials").exists() and time.time() < deadline:  # the store exists by then
         time.sleep(0.5)
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    while time.time() < deadline and len(points) < 2:
+        time.sleep(1)
+        running = [r for r in _trial_runs(client) if r.info.status == "RUNNING"]
+        points = client.get_metric_history(running[0].info.run_id, "mask/add/loss") if running else []
+    assert len(points) >= 2 and process.poll() is None, "no growing curve of a running trial in MLflow"
     process.send_signal(signal.SIGINT)
     output = process.communicate(timeout=240)[0]
     assert process.returncode == 130, output[-3000:]
