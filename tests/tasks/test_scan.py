@@ -25,7 +25,7 @@ def scan():
 
 
 @pytest.fixture
-def server(tmp_path):
+def server(shared_data, tmp_path):
     """A local HTTP server over a copy of the shared SCAN folder -> (base URL, served folder)."""
     from tests.conftest import SHARED_DATA
 
@@ -107,8 +107,8 @@ def test_batches_are_padded_to_their_longest_and_shifted_by_the_start_token(scan
         assert row[length - 1] == 2  # the end token closes every target
 
 
-def test_teacher_forcing_coin_comes_from_the_generator():
-    from tests.conftest import SHARED_DATA
+def test_teacher_forcing_coin_comes_from_the_generator(shared_data):
+    SHARED_DATA = shared_data
 
     def coins(probability, seed):
         from tasks.scan import ScanOptions
