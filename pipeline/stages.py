@@ -7,7 +7,6 @@ task (tasks.registry.Task) supplies data, loss and scoring, the model registry b
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ import torch
 from filelock import FileLock
 from tqdm.auto import tqdm
 
-from models.atomic import atomic_path
+from models.atomic import atomic_path, file_hash
 from models.masking import MaskConfig, MaskedModel, ParameterFilter, applied, make_optimizer, training_step
 from models.masking.masks import atomic_torch_save
 from models.registry import build_model
@@ -97,16 +96,8 @@ def manifest_path(files: list[Path]) -> Path:
     return files[-1].with_name(files[-1].name + ".manifest.json")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(files: list[Path]) -> None:
-    write_json_atomic({f.name: _sha256(f) for f in files}, manifest_path(files))
+    write_json_atomic({f.name: file_hash(f) for f in files}, manifest_path(files))
 
 
 def is_finished(files: list[Path]) -> bool:
@@ -118,7 +109,7 @@ def is_finished(files: list[Path]) -> bool:
         return False
     try:
         expected = json.loads(manifest.read_text())
-        bad = [f for f in files if not f.exists() or _sha256(f) != expected.get(f.name)]
+        bad = [f for f in files if not f.exists() or file_hash(f) != expected.get(f.name)]
     except (OSError, ValueError) as error:
         bad = [manifest]
         log.warning("stage manifest %s is unreadable (%s)", manifest, error)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import logging
 import urllib.error
 import urllib.request
@@ -31,7 +30,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from models.atomic import atomic_path
+from models.atomic import atomic_path, file_hash
 from tasks.registry import register_task, suggest
 
 log = logging.getLogger(__name__)
@@ -90,11 +89,7 @@ class Examples(NamedTuple):
 
 # -- files -----------------------------------------------------------------------------------------
 def file_md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_hash(path, "md5")
 
 
 def ensure_files(data_dir: Path, base_url: str = UPSTREAM_URL) -> None:

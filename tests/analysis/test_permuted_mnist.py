@@ -1,25 +1,13 @@
 """Figs. 3, 15 and the accuracy check on hand-made Parquet rows with numbers worked out by hand."""
 
-from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from analysis.data import load_tables
 from analysis.figures import Figure, Skip
 from analysis.permuted_mnist import figure_3, figure_15a, figure_accuracy
 from analysis.report import analyze
-
-
-def _write(root: Path, table: str, rows: list[dict]):
-    by_trial: dict[str, list] = {}
-    for row in rows:
-        by_trial.setdefault(row["trial_id"], []).append({k: v for k, v in row.items() if k != "trial_id"})
-    for trial, trial_rows in by_trial.items():
-        path = root / "parquet" / table / f"trial_id={trial}" / "part-0.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist(trial_rows), path)
+from tests.analysis.test_analysis import _write
 
 
 def _layer(trial, seed, after, layer, kept, shared, parameter="weight"):
