@@ -65,13 +65,18 @@ def _lookup(rows: list[dict], **keys) -> tuple[float, float]:
     return float("nan"), 0.0
 
 
+def _table_or_skip(tables, table: str, columns: list[str], name: str):
+    """The table, or a Skip saying it or some of its columns are missing."""
+    if table not in tables:
+        return Skip(name, f"no {table} table (run the permuted-mnist sweep)")
+    missing = [c for c in columns if c not in tables[table].column_names]
+    return Skip(name, f"the {table} table lacks column(s) {missing}") if missing else tables[table]
+
+
 def _sharing_figure(tables, out, name: str, experiment: str, title: str, paper: dict) -> Figure | Skip:
-    if "continual_layers" not in tables:
-        return Skip(name, "no continual_layers table (run the permuted-mnist sweep)")
-    layers = tables["continual_layers"]
-    missing = [c for c in LAYER_COLUMNS if c not in layers.column_names]
-    if missing:
-        return Skip(name, f"the continual_layers table lacks column(s) {missing}")
+    layers = _table_or_skip(tables, "continual_layers", LAYER_COLUMNS, name)
+    if isinstance(layers, Skip):
+        return layers
     if experiment not in set(layers.column("experiment").to_pylist()):
         return Skip(name, f"needs trials of {experiment}")
     layer_names, tasks, rows = sharing_percentages(layers, experiment)
@@ -127,12 +132,9 @@ def figure_accuracy(tables, out):
     """Each task's test accuracy with its own mask after the last task, and the largest change of an
     earlier task's accuracy across later tasks (frozen weights: it must be exactly 0)."""
     name = "permuted_mnist_accuracy"
-    if "continual" not in tables:
-        return Skip(name, "no continual table (run the permuted-mnist sweep)")
-    table = tables["continual"]
-    missing = [c for c in ACCURACY_COLUMNS if c not in table.column_names]
-    if missing:
-        return Skip(name, f"the continual table lacks column(s) {missing}")
+    table = _table_or_skip(tables, "continual", ACCURACY_COLUMNS, name)
+    if isinstance(table, Skip):
+        return table
     experiments = sorted(set(table.column("experiment").to_pylist()))
     fig, ax = plt.subplots(figsize=(7, 3.5))
     numbers = {}

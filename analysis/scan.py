@@ -27,11 +27,20 @@ def _present(tables, table: str, name: str):
     return experiments or Skip(name, f"no {' or '.join(EXPERIMENTS)} rows in the {table} table")
 
 
-def _accuracy_figure(tables, out, name, title, series, paper) -> Figure | Skip:
-    experiments = _present(tables, "metrics", name)
+def _panels(tables, table: str, name: str):
+    """(experiments present, figure, axes with one panel per experiment) or a Skip."""
+    experiments = _present(tables, table, name)
     if isinstance(experiments, Skip):
         return experiments
     fig, axes = plt.subplots(1, len(experiments), figsize=(6 * len(experiments), 3.6), squeeze=False)
+    return experiments, fig, axes
+
+
+def _accuracy_figure(tables, out, name, title, series, paper) -> Figure | Skip:
+    panels = _panels(tables, "metrics", name)
+    if isinstance(panels, Skip):
+        return panels
+    experiments, fig, axes = panels
     numbers = {}
     for ax, experiment in zip(axes[0], experiments):
         rows = mean_std(where(tables["metrics"], experiment=experiment), ["mask", "subtask"], "accuracy")
@@ -71,10 +80,10 @@ def figure_16(tables, out):
 
 def figure_4b(tables, out):
     name = "fig04b_scan_output_removal"
-    experiments = _present(tables, "output_removal", name)
-    if isinstance(experiments, Skip):
-        return experiments
-    fig, axes = plt.subplots(1, len(experiments), figsize=(6 * len(experiments), 3.6), squeeze=False)
+    panels = _panels(tables, "output_removal", name)
+    if isinstance(panels, Skip):
+        return panels
+    experiments, fig, axes = panels
     numbers = {}
     for ax, experiment in zip(axes[0], experiments):
         rows = mean_std(where(tables["output_removal"], experiment=experiment), ["mask", "token"], "removed_percent")
