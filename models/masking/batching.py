@@ -7,6 +7,7 @@ MaskedModel decides which way to run; this module holds the pieces that know not
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Hashable
 
 import torch
@@ -150,20 +151,30 @@ def shape_signature(inputs: tuple, options: dict, training: bool) -> Hashable | 
 # -- autograd and global state ----------------------------------------------------------------------
 
 
+_fast_path_lock = threading.Lock()
+_fast_path_users = [0, True]  # threads inside attention_fast_path_disabled, the setting before the first
+
+
 @contextlib.contextmanager
 def attention_fast_path_disabled():
     """nn.MultiheadAttention, nn.TransformerEncoderLayer and nn.TransformerEncoder take a fused
     inference kernel without a derivative when they are in eval mode and no argument requires grad.
     Under vmap every weight looks as if it did not (vmap's wrappers hide requires_grad), so a masked
     model in eval mode would take that path and fail in backward. Turning the fast path off keeps
-    eval semantics (no dropout) on the differentiable path. The switch is process-wide, hence put
-    back on exit."""
-    enabled = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
+    eval semantics (no dropout) on the differentiable path. The switch is process-wide: it is put
+    back when the last thread using it (masks training in a pack) leaves."""
+    with _fast_path_lock:
+        if _fast_path_users[0] == 0:
+            _fast_path_users[1] = torch.backends.mha.get_fastpath_enabled()
+            torch.backends.mha.set_fastpath_enabled(False)
+        _fast_path_users[0] += 1
     try:
         yield
     finally:
-        torch.backends.mha.set_fastpath_enabled(enabled)
+        with _fast_path_lock:
+            _fast_path_users[0] -= 1
+            if _fast_path_users[0] == 0:
+                torch.backends.mha.set_fastpath_enabled(_fast_path_users[1])
 
 
 def non_differentiable_operation(outputs) -> str | None:

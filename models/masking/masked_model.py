@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import torch
@@ -63,6 +64,12 @@ class MaskedModel(nn.Module):
     fused=True runs the element-wise mask work as torch.compile'd kernels that draw their noise
     in-kernel from a counter-based generator (faster per step, no K-stack of uniforms kept for
     backward; seconds of compilation at the first step; see benchmarks/README.md).
+
+    noise_generator: where the mask noise comes from (torch's global generator when None; a CPU
+    generator for the fused path, one on the model's device otherwise). A pipeline gives each mask
+    its own and keeps it in its checkpoint, so masks do not depend on what else drew random numbers.
+    pack: a models.masking.packing.MaskPack through which this mask's forward and backward passes
+    run together with those of other masks over the same frozen network (see training_step).
     """
 
     def __init__(
@@ -90,6 +97,9 @@ class MaskedModel(nn.Module):
         self._output_batch_dims: dict = {}  # input shape signature -> batch dimension of each output
         self.fused = fused
         self.batch_dims = batch_dims
+        self.noise_generator: torch.Generator | None = None
+        self.pack = None
+        self._identity: tuple | None = None
 
     def _register_frozen(self, params: dict[str, Tensor], frozen_weights: dict[str, Tensor]) -> list[str]:
         if frozen_weights and not self.train_weights:
@@ -126,6 +136,21 @@ class MaskedModel(nn.Module):
             self._weight_cache[name] = cached
         return cached[1]
 
+    def frozen_identity(self) -> tuple:
+        """Equal for two masked models exactly when their frozen weights are equal (so that their
+        forward passes may share one call); recomputed when a weight changes in place."""
+        if self.train_weights:
+            return ("trains its weights", id(self))
+        params = dict(self.model.named_parameters())
+        stamp = tuple((p.data_ptr(), p._version) for p in params.values())
+        if self._identity is None or self._identity[0] != stamp:
+            digest = hashlib.sha256()
+            for name, p in params.items():
+                digest.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
+                digest.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            self._identity = (stamp, (type(self.model).__name__, digest.hexdigest()))
+        return self._identity[1]
+
     def deterministic_masks(self) -> Masks:
         """M_i = 1[σ(l_i) > 0.5] for every masked parameter."""
         return Masks.from_logits(self.logits_by_name())
@@ -138,13 +163,15 @@ class MaskedModel(nn.Module):
         """Fresh noise for K mask samples: one [K, *S] tensor per masked parameter, laid out in
         memory like the logits (matrices transposed), so element-wise work runs contiguously."""
         storage_shapes = [l.t().shape if l.dim() == 2 else l.shape for l in self.logits]
+        generator = generator if generator is not None else self.noise_generator
         uniforms = sample_uniforms(storage_shapes, self.config.num_samples, self.logits[0].device, generator)
         return [u.transpose(-1, -2) if l.dim() == 2 else u for u, l in zip(uniforms, self.logits)]
 
     # -- forward -------------------------------------------------------------------------------
     def forward(self, *inputs, **options):
         if self.fused:
-            return self.forward_with_keys(draw_keys(len(self.names), self.logits[0].device), *inputs, **options)
+            keys = draw_keys(len(self.names), self.logits[0].device, self.noise_generator)
+            return self.forward_with_keys(keys, *inputs, **options)
         return self.forward_with_uniforms(self.sample_uniforms(), *inputs, **options)
 
     def forward_with_keys(self, keys: list[Tensor], *inputs, **options):
@@ -179,8 +206,10 @@ class MaskedModel(nn.Module):
             sliced = self._slice(inputs)
             if looped or not self.batched:
                 outputs = self._looped(stacked, shared, sliced, options)
+            elif self._vmap_verified and self.pack is not None:
+                outputs = self.pack.forward(self, stacked, shared, sliced, options)
             elif self._vmap_verified:
-                outputs = self._vmapped(stacked, shared, sliced, options)
+                outputs = self.run_vmapped(stacked, shared, sliced, options)
             else:
                 outputs = self._first_batched(stacked, shared, sliced, options)
             return self._joined(outputs, inputs, options)
@@ -195,7 +224,7 @@ class MaskedModel(nn.Module):
         """
         restore_random_state = random_state_snapshot(self.logits[0].device)
         try:
-            outputs = self._vmapped(stacked, shared, sliced, options)
+            outputs = self.run_vmapped(stacked, shared, sliced, options)
             reason = non_differentiable_operation(outputs)
         except Exception as error:  # broad on purpose: the loop below tells the module's failure from the caller's
             reason = f"{type(error).__name__}: {error}"
@@ -220,9 +249,12 @@ class MaskedModel(nn.Module):
     def _slice(self, inputs: tuple) -> list:
         return split_inputs(inputs, self.batch_dims, self.config.num_samples)
 
-    def _vmapped(self, stacked: dict, shared: dict, sliced: list, options: dict):
-        """One vmapped call of the model: a tree of [K, ...] outputs."""
-        per_sample_buffers, shared_buffers = buffer_copies(self.model, self.config.num_samples)
+    def run_vmapped(self, stacked: dict, shared: dict, sliced: list, options: dict):
+        """The model vmapped over the leading dimension N of `stacked` ([N, *S] masked weights) and
+        of every tensor in `sliced` ([N, ...] inputs): a tree of [N, ...] outputs. N is K, or M·K
+        for a pack of M masks."""
+        num_samples = next(iter(stacked.values())).shape[0]
+        per_sample_buffers, shared_buffers = buffer_copies(self.model, num_samples)
 
         def one_sample(stacked_k, buffers_k, *inputs_k):
             tensors = {**shared, **shared_buffers, **buffers_k, **stacked_k}

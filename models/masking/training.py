@@ -27,11 +27,13 @@ def training_step(
     """One update: task_loss() + α Σ l, backward, clip the gradient norm, step.
 
     task_loss runs the forward pass (through `masked`, however the task presents its data) and
-    returns the scalar task loss, which is returned detached.
+    returns the scalar task loss, which is returned detached. A masked model in a pack
+    (models.masking.packing) runs its backward pass together with the other members'.
     """
     optimizer.zero_grad(set_to_none=True)
     loss = task_loss()
-    (loss + masked.regularization()).backward()
+    total = loss + masked.regularization()
+    masked.pack.backward(total) if masked.pack is not None else total.backward()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     torch.nn.utils.clip_grad_norm_(params, clip)
     optimizer.step()
