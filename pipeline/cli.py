@@ -118,19 +118,22 @@ def run_command(experiment: str, seed: int, assignments: tuple[str, ...], smoke:
 @click.option("--gpus-per-trial", type=float, default=0, show_default=True, help="Fractions share a GPU.")
 @click.option("--max-failures", type=click.IntRange(min=0), default=2, show_default=True,
               help="Retries of a trial that dies or raises.")
+@click.option("--pack-size", type=click.IntRange(min=1), default=None,
+              help="Trials that differ only in mask settings (grid axes mask.*) train their masks in one "
+                   "pass, up to this many per Tune trial (default 16; 1: no packing). Resources are per pack.")
 @click.option("--resume/--no-resume", default=None,
               help="Resume the interrupted sweep (the default when its state exists); --no-resume starts anew.")
 @_data_dir_option
 @click.option("--verbose", is_flag=True, help="Tune's full output (trial configs, results, Ray worker logs).")
 def sweep_command(name, seeds, smoke, assignments, results_dir, storage, address, cpus_per_trial, gpus_per_trial,
-                  max_failures, resume, data_dir, verbose):
+                  max_failures, pack_size, resume, data_dir, verbose):
     """Run the sweep NAME on Ray Tune; started again, it resumes without redoing finished trials."""
     from pipeline.sweep import run_sweep, summary_lines
 
     try:
         summary = run_sweep(name, results_dir, seeds, smoke, _with_data_dir(parse_assignments(assignments), data_dir),
                             address, cpus_per_trial, gpus_per_trial, max_failures, resume, storage_uri=storage,
-                            verbose=verbose)
+                            verbose=verbose, pack_size=pack_size)
     except (KeyError, ValueError, TypeError, PermissionError, ConnectionError, FileNotFoundError, RuntimeError) as error:
         _fail(str(error.args[0]) if isinstance(error, KeyError) else str(error))
     for line in summary_lines(summary):

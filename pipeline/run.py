@@ -64,19 +64,21 @@ def _check_layout(results_dir: Path) -> None:
 def run_trial(config, results_dir: Path, parent_run_id: str | None = None,
               tags: dict | None = None, mlflow_experiment: str | None = None,
               tracking_uri: str | None = None, on_stage: Callable[[str], None] = lambda stage: None,
-              storage_uri: str | None = None) -> TrialResult:
+              storage_uri: str | None = None, pack=None) -> TrialResult:
     """Run (or resume) every stage of one trial; finished stages are not redone.
 
     on_stage(name) is called after each finished stage (a sweep reports it to Tune).
     storage_uri: where finished stages are also kept and looked for (see pipeline.storage), so
     that nodes without a shared filesystem share pretrained networks and finished trials.
+    pack: a models.masking.packing.MaskPack shared by trials running at once in threads of this
+    process, whose masks then train in one pass (see pipeline.sweep).
     """
     task = validate(config)
     results_dir = Path(results_dir)
     check_results_dir(results_dir)
     uri = tracking_uri or records.tracking_uri(results_dir)
     records.check_tracking(uri)
-    ctx = TrialContext(config, task, results_dir, Storage(results_dir, storage_uri), on_stage)
+    ctx = TrialContext(config, task, results_dir, Storage(results_dir, storage_uri), on_stage, pack=pack)
     trial = ctx.trial_dir.name
     config_file = ctx.trial_dir / "config.json"
     write_json_atomic(flatten(config) | {"task_version": task.version, "trial_id": trial}, config_file)

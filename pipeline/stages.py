@@ -7,6 +7,7 @@ task (tasks.registry.Task) supplies data, loss and scoring, the model registry b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 from models.atomic import atomic_path, file_hash
 from models.masking import MaskConfig, MaskedModel, ParameterFilter, applied, make_optimizer, training_step
 from models.masking.masks import atomic_torch_save
+from models.masking.packing import MaskPack
 from models.registry import build_model
 from pipeline.config import LOCATION_KEYS, ExperimentConfig, PretrainConfig, fingerprint, flatten
 from pipeline.storage import Storage
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 LAYOUT_VERSION = 2  # of the results folder; bumped when trial ids or pretrain keys change
 VALIDATE_EVERY = 10  # validation accuracy on the curves every VALIDATE_EVERY * log_every steps
 VALIDATION_SIZE = 256  # examples in the curves' validation set
+NOISE_SEED_OFFSET = 2**20  # a mask's noise seed is its data seed plus this
 
 
 # -- paths -----------------------------------------------------------------------------------------
@@ -55,7 +58,8 @@ class TrialContext:
     """What a recipe needs besides its config: the task, where files go, and whom to tell.
 
     on_stage(name) is called after each finished stage (a sweep reports it to Tune);
-    log_metrics(stage, step, metrics) receives training curves (MLflow, when recorded).
+    log_metrics(stage, step, metrics) receives training curves (MLflow, when recorded);
+    pack: where the masks of trials that run together (one thread each) train in one pass.
     """
 
     config: ExperimentConfig
@@ -65,6 +69,7 @@ class TrialContext:
     on_stage: Callable[[str], None] = lambda stage: None
     log_metrics: Callable[[str, int, dict], None] = lambda stage, step, metrics: None
     stages_done: list = field(default_factory=list)
+    pack: MaskPack | None = None
 
     @property
     def trial_dir(self) -> Path:
@@ -285,6 +290,10 @@ def _train_mask(ctx: TrialContext, name: str, split: str, network: Path, prepare
     seed = mask_seed(ctx, name)
     torch.manual_seed(seed)
     masked = make_masked_model(config, load_network(ctx, network))
+    # The mask's own noise stream, kept in its checkpoint: its masks do not depend on what else
+    # draws random numbers (other masks training in the same process, in a pack).
+    noise = torch.Generator("cpu" if config.mask.fused else device).manual_seed(seed + NOISE_SEED_OFFSET)
+    masked.noise_generator, masked.pack = noise, ctx.pack
     prepare(masked)
     optimizer = make_optimizer(masked, mask_lr=config.mask.lr)
     schedule = learning_rate_schedule(optimizer, config.mask.warmup_steps)
@@ -309,11 +318,13 @@ def _train_mask(ctx: TrialContext, name: str, split: str, network: Path, prepare
                 ctx.log_metrics(f"mask {name}", step_index,
                                 {"validation_accuracy": accuracy(task, masked.model, validation)})
 
-    state = {"logits": masked.logits, "optimizer": optimizer, "schedule": schedule, "generator": generator}
+    state = {"logits": masked.logits, "optimizer": optimizer, "schedule": schedule, "generator": generator,
+             "noise": noise}
     checkpoint = logits_file.with_name(f"{name}.checkpoint.pt")
     logits_file.parent.mkdir(parents=True, exist_ok=True)
-    run_resumable(step, state, config.mask.steps, checkpoint, config.checkpoint_every, f"mask {name}",
-                  report, config.log_every)
+    with ctx.pack.member() if ctx.pack else contextlib.nullcontext():
+        run_resumable(step, state, config.mask.steps, checkpoint, config.checkpoint_every, f"mask {name}",
+                      report, config.log_every)
     masked.deterministic_masks().save(masks_file)
     atomic_torch_save({n: l.detach().cpu() for n, l in masked.logits_by_name().items()}, logits_file)
     checkpoint.unlink(missing_ok=True)

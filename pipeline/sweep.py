@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import queue
 import socket
 import tempfile
 import time
@@ -30,10 +31,18 @@ log = logging.getLogger(__name__)
 
 
 SMOKE_SEEDS = 2  # --smoke runs 2 seeds unless --seeds says otherwise
+PACKABLE_PREFIX = "mask."  # grid axes whose trials share everything before the mask stage
+MAX_PACK = 16  # trials per pack when --pack-size is not given
 
 
-def param_space(spec: SweepSpec, seeds: int, smoke: bool, overrides: dict) -> dict:
-    """Tune's grid: seeds are a grid axis (num_samples would repeat the whole grid)."""
+def param_space(spec: SweepSpec, seeds: int, smoke: bool, overrides: dict, pack_size: int | None = None) -> dict:
+    """Tune's grid: seeds are a grid axis (num_samples would repeat the whole grid).
+
+    Grid axes of the mask stage (`mask.*`: β...) change nothing before the masks, so their grid
+    points share one pretrained network and can train their masks in one pass: they are grouped
+    into packs of at most `pack_size` trials (None: up to MAX_PACK; 1: no packs), a "pack" axis of
+    {"label": ..., "members": [{key: value}, ...]}. Tune schedules packs; each member stays its own trial.
+    """
     from ray import tune
 
     grid = spec.smoke_grid if smoke and spec.smoke_grid is not None else spec.grid
@@ -41,9 +50,25 @@ def param_space(spec: SweepSpec, seeds: int, smoke: bool, overrides: dict) -> di
     for experiment in spec.experiments:  # fail on a bad key or value before starting Ray
         for values in [dict(zip(grid, combo)) for combo in _product(grid)] or [{}]:
             validate(override(get_experiment(experiment, smoke), {k: str(v) for k, v in (values | fixed).items()}))
+    packed = {k: v for k, v in grid.items() if k.startswith(PACKABLE_PREFIX)} if pack_size != 1 else {}
     space = {"experiment": tune.grid_search(list(spec.experiments)), "seed": tune.grid_search(list(range(seeds)))}
-    space |= {key: tune.grid_search(list(values)) for key, values in grid.items()}
+    space |= {key: tune.grid_search(list(values)) for key, values in grid.items() if key not in packed}
+    if packed:
+        groups = packs([dict(zip(packed, c)) for c in _product(packed)], pack_size)
+        space["pack"] = tune.grid_search([{"label": _label(group), "members": group} for group in groups])
     return space | {"fixed_overrides": fixed, "smoke": smoke}
+
+
+def packs(members: list[dict], pack_size: int | None) -> list[list[dict]]:
+    """Members split into the fewest packs of at most pack_size (None: MAX_PACK), sizes as equal as can be."""
+    size = min(pack_size or MAX_PACK, len(members))
+    count = -(-len(members) // size)
+    return [members[i::count] for i in range(count)]
+
+
+def _label(members: list[dict]) -> str:
+    """[{"mask.beta": 1e-05}, {"mask.beta": 0.001}] -> "mask.beta=1e-05,0.001" (the progress table's column)."""
+    return " ".join(f"{key}={','.join(str(m[key]) for m in members)}" for key in members[0])
 
 
 def _product(grid: dict) -> list[tuple]:
@@ -53,45 +78,88 @@ def _product(grid: dict) -> list[tuple]:
 
 
 # -- the trial ----------------------------------------------------------------------------------------
+def member_configs(trial_config: dict) -> list:
+    """The ExperimentConfig of each trial in this Tune trial (one, or the members of a pack)."""
+    config = get_experiment(trial_config["experiment"], trial_config["smoke"])
+    keys = {k: v for k, v in trial_config.items() if "." in k} | trial_config["fixed_overrides"]
+    configs = []
+    for member in trial_config.get("pack", {}).get("members") or [{}]:
+        member_config = override(config, {k: str(v) for k, v in (keys | member).items()})
+        configs.append(dataclasses.replace(member_config, seed=int(trial_config["seed"]),
+                                           sweep=trial_config["context"]["sweep"]))
+    return configs
+
+
 def sweep_trial(trial_config: dict) -> None:
-    """Tune function trainable: build the ExperimentConfig and run it; report after each stage."""
+    """Tune function trainable: run the trial, or each trial of a pack in its own thread with their
+    masks trained in one pass; report after each stage of each trial."""
     import torch
     from ray import tune
 
     torch.set_num_threads(max(1, int(trial_config["cpus_per_trial"])))
     context = trial_config["context"]
-    config = get_experiment(trial_config["experiment"], trial_config["smoke"])
-    keys = {k: v for k, v in trial_config.items() if "." in k}
-    config = override(config, {k: str(v) for k, v in (keys | trial_config["fixed_overrides"]).items()})
-    config = dataclasses.replace(config, seed=int(trial_config["seed"]), sweep=context["sweep"])
-    results_dir = Path(context["results_dir"])
-    version = task_of(config).version
-    attempt, first_ever = _count_attempt(results_dir, config, context["driver"])
-    stages = []
-
+    configs = member_configs(trial_config)
     previous = tune.get_checkpoint()
     if previous is not None:
         with previous.as_directory() as folder:
             log.info("trial restored by Tune after stage %s", json.loads((Path(folder) / "stage.json").read_text()))
+    if len(configs) == 1:
+        results = [_member_run(configs[0], context, lambda stage: _report_stage(0, stage))(None)]
+    else:
+        results = _run_pack(configs, context)
+    metrics = results[0].metrics if len(results) == 1 else {}
+    tune.report({"done": 1, "stage": "evaluate", "trials": len(results),
+                 **{k.replace("/", "_"): v for k, v in metrics.items()}})
+
+
+def _member_run(config, context: dict, on_stage):
+    """run_trial for one trial, ready to be called with the pack it trains in (or None)."""
+    results_dir = Path(context["results_dir"])
+    first_ever = _count_attempt(results_dir, config, context["driver"])[1]
 
     def report_stage(stage: str) -> None:
-        # The stage's files (network, masks, optimizer state) live in the shared results directory,
-        # keyed by trial id; the Tune checkpoint records which stage finished and where they are.
         if context.get("fail_first_attempt") and first_ever:  # inside the trial: its MLflow run records it
             raise RuntimeError(f"injected failure after stage {stage} of the first attempt (fault-injection test)")
-        stages.append(stage)
-        with tempfile.TemporaryDirectory() as folder:
-            marker = {"stage": stage, "trial_dir": str(results_dir / "trials" / trial_id(config, version))}
-            (Path(folder) / "stage.json").write_text(json.dumps(marker))
-            tune.report({"done": 0, "stage": stage, "stages_done": len(stages), "attempts": attempt,
-                         "trial_dir": marker["trial_dir"]}, checkpoint=tune.Checkpoint.from_directory(folder))
+        on_stage(stage)
 
-    result = run_trial(config, results_dir, parent_run_id=context["parent_run_id"], tags={"sweep": context["sweep"]},
-                       mlflow_experiment=records.sweep_experiment(context["sweep"]),
-                       tracking_uri=context["tracking_uri"], on_stage=report_stage,
-                       storage_uri=context["storage_uri"])
-    tune.report({"done": 1, "stage": "evaluate", "stages_done": len(stages) + 1, "attempts": attempt,
-                 "trial_dir": str(result.trial_dir), **{k.replace("/", "_"): v for k, v in result.metrics.items()}})
+    return lambda pack: run_trial(
+        config, results_dir, parent_run_id=context["parent_run_id"], tags={"sweep": context["sweep"]},
+        mlflow_experiment=records.sweep_experiment(context["sweep"]), tracking_uri=context["tracking_uri"],
+        on_stage=report_stage, storage_uri=context["storage_uri"], pack=pack)
+
+
+def _run_pack(configs: list, context: dict) -> list:
+    """Each trial in its own thread, their masks in one MaskPack; Tune hears of every finished stage
+    from this thread. Raises the first error once every member has stopped (finished members keep
+    their results: a retry of the pack does not redo them)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from models.masking.packing import MaskPack
+
+    events: queue.Queue = queue.Queue()
+    pack = MaskPack()
+    runs = [_member_run(config, context, lambda stage, i=i: events.put((i, stage))) for i, config in enumerate(configs)]
+    with ThreadPoolExecutor(len(runs), thread_name_prefix="pack-member") as pool:
+        futures = [pool.submit(run, pack) for run in runs]
+        while not all(f.done() for f in futures) or not events.empty():
+            with contextlib.suppress(queue.Empty):
+                _report_stage(*events.get(timeout=1.0))
+    log.info("pack of %d trials: %d mask forward passes ran packed", len(runs), pack.packed_forwards)
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        raise errors[0]
+    return [f.result() for f in futures]
+
+
+def _report_stage(member: int, stage: str) -> None:
+    """Tell Tune a stage finished; the stage's files (network, masks, optimizer state) live in the
+    results folder, keyed by trial id, and the Tune checkpoint records which stage it was."""
+    from ray import tune
+
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "stage.json").write_text(json.dumps({"member": member, "stage": stage}))
+        tune.report({"done": 0, "stage": f"{member}: {stage}" if member else stage},
+                    checkpoint=tune.Checkpoint.from_directory(folder))
 
 
 def _count_attempt(results_dir: Path, config, driver: str) -> tuple[int, bool]:
@@ -138,15 +206,21 @@ def run_sweep(
     fail_first_attempt: bool = False,
     storage_uri: str | None = None,
     verbose: bool = False,
+    pack_size: int | None = None,
 ) -> SweepSummary:
-    """Run (or resume) sweep `name`. resume=None: resume when the sweep's Tune state exists."""
+    """Run (or resume) sweep `name`. resume=None: resume when the sweep's Tune state exists.
+
+    pack_size: trials whose masks train in one pass (see param_space); resources are per pack.
+    A resumed sweep keeps the packs it started with."""
     if not verbose:  # read when ray is imported: no warning line per retry of a failing connection
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     import ray
     from ray import tune
 
     spec = get_sweep(name)
-    space = param_space(spec, seeds or (SMOKE_SEEDS if smoke else spec.seeds), smoke, overrides or {})
+    if pack_size is not None and pack_size < 1:
+        raise ValueError(f"pack size must be >= 1 (1: no packing), got {pack_size}")
+    space = param_space(spec, seeds or (SMOKE_SEEDS if smoke else spec.seeds), smoke, overrides or {}, pack_size)
     check_results_dir(Path(results_dir))
     results_dir = Path(results_dir).resolve()  # Ray runs trials in their own working directories
     uri = records.tracking_uri(results_dir)
@@ -163,11 +237,11 @@ def run_sweep(
         raise FileNotFoundError(f"nothing to resume: no sweep state at {sweep_dir}; run without --resume")
     resumed = exists if resume is None else resume
     with _only_driver(results_dir, name):
-        return _run_as_driver(name, spec, space, results_dir, uri, storage, sweep_dir, resumed, address, num_cpus,
+        return _run_as_driver(name, space, results_dir, uri, storage, sweep_dir, resumed, address, num_cpus,
                               cpus_per_trial, gpus_per_trial, max_failures, fail_first_attempt, storage_uri, verbose)
 
 
-def _run_as_driver(name, spec, space, results_dir, uri, storage, sweep_dir, resumed, address, num_cpus,
+def _run_as_driver(name, space, results_dir, uri, storage, sweep_dir, resumed, address, num_cpus,
                    cpus_per_trial, gpus_per_trial, max_failures, fail_first_attempt, storage_uri, verbose):
     parent = records.sweep_parent_run(uri, name, results_dir / "mlartifacts")
     space["context"] = {"results_dir": str(results_dir), "parent_run_id": parent, "sweep": name, "tracking_uri": uri,
@@ -177,7 +251,7 @@ def _run_as_driver(name, spec, space, results_dir, uri, storage, sweep_dir, resu
 
     start = time.time()
     try:
-        grid, interrupted = _fit(name, space, spec, sweep_dir, storage, resumed, address, num_cpus, cpus_per_trial,
+        grid, interrupted = _fit(name, space, sweep_dir, storage, resumed, address, num_cpus, cpus_per_trial,
                                  gpus_per_trial, max_failures, verbose)
     except BaseException as error:  # no parent run left RUNNING, whatever stopped the sweep
         records.kill_running_children(uri, parent)
@@ -213,7 +287,7 @@ def _only_driver(results_dir: Path, name: str):
         lock.release()
 
 
-def _fit(name, space, spec, sweep_dir, storage, resumed, address, num_cpus, cpus_per_trial, gpus_per_trial,
+def _fit(name, space, sweep_dir, storage, resumed, address, num_cpus, cpus_per_trial, gpus_per_trial,
          max_failures, verbose) -> tuple:
     """Tune's fit on a local or remote Ray. -> (ResultGrid, interrupted by the user)."""
     import ray
@@ -242,7 +316,7 @@ def _fit(name, space, spec, sweep_dir, storage, resumed, address, num_cpus, cpus
                     # snapshot per checkpoint (the cause of Tune's "snapshotting ... multiple times" warning)
                     # and a driver killed mid-snapshot never points at a checkpoint already deleted.
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
-                    progress_reporter=None if verbose else progress_reporter(spec),
+                    progress_reporter=None if verbose else progress_reporter(space),
                     verbose=3 if verbose else 1),
             )
         try:
@@ -284,8 +358,9 @@ def _join_cluster(address: str, verbose: bool) -> None:
             "run locally") from None
 
 
-def progress_reporter(spec: SweepSpec):
-    """One compact table: trial, status, its grid values, last finished stage; elapsed and ETA above."""
+def progress_reporter(space: dict):
+    """One compact table: trial (or pack), status, its grid values, last finished stage; elapsed and
+    ETA above."""
     from ray.tune import CLIReporter
 
     class SweepReporter(CLIReporter):
@@ -299,29 +374,29 @@ def progress_reporter(spec: SweepSpec):
 
     reporter = SweepReporter(
         metric_columns={"stage": "last stage done"}, max_report_frequency=30, print_intermediate_tables=True,
-        parameter_columns={"experiment": "experiment", "seed": "seed", **{k: k for k in spec.grid}},
+        parameter_columns={("pack/label" if k == "pack" else k): k for k, v in space.items()
+                           if isinstance(v, dict) and "grid_search" in v},
         max_column_length=24, sort_by_metric=False)
     reporter.started = time.time()
     return reporter
 
 
 def _summarise(name, grid, results_dir, uri, parent, seconds, resumed, interrupted, driver) -> SweepSummary:
-    failed = sum(1 for r in grid if r.error is not None)
-    done = sum(1 for r in grid if r.error is None and (r.metrics or {}).get("done") == 1)
-    retried = resumed_trials = 0
+    """Counts per trial (a pack counts each of its members), read from the trials' own folders:
+    done = recorded in Parquet and MLflow; failed = not done, in a Tune trial that ended in error."""
+    done = failed = retried = resumed_trials = total = 0
     for result in grid:
-        counts = _attempts(result, results_dir)
-        retried += counts.get(driver, 0) > 1
-        resumed_trials += bool(set(counts) - {driver})
-    return SweepSummary(name, done, failed, len(grid) - done - failed, retried, resumed_trials, seconds, results_dir,
+        for config in member_configs(result.config):
+            folder = results_dir / "trials" / trial_id(config, task_of(config).version)
+            finished = (folder / "recorded.json").exists()
+            total += 1
+            done += finished
+            failed += not finished and result.error is not None
+            counts = json.loads((folder / "attempts.json").read_text()) if (folder / "attempts.json").exists() else {}
+            retried += counts.get(driver, 0) > 1
+            resumed_trials += bool(set(counts) - {driver})
+    return SweepSummary(name, done, failed, total - done - failed, retried, resumed_trials, seconds, results_dir,
                         uri, parent, resumed, interrupted)
-
-
-def _attempts(result, results_dir: Path) -> dict:
-    """The trial's attempts per driver run (see _count_attempt), or {} if it never started."""
-    marker = (result.metrics or {}).get("trial_dir")
-    path = Path(marker) / "attempts.json" if marker else None
-    return json.loads(path.read_text()) if path and path.exists() else {}
 
 
 def check_ray_address(address: str) -> None:
