@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 SMOKE_SEEDS = 2  # --smoke runs 2 seeds unless --seeds says otherwise
 PACKABLE_PREFIX = "mask."  # grid axes whose trials share everything before the mask stage
 MAX_PACK = 16  # trials per pack when --pack-size is not given
+GPUS_PER_TRIAL_ON_CUDA = 0.25  # GPU share of a trial (or pack) with device=cuda and no --gpus-per-trial
 
 
 def param_space(spec: SweepSpec, seeds: int, smoke: bool, overrides: dict, pack_size: int | None = None) -> dict:
@@ -221,6 +222,7 @@ def run_sweep(
     if pack_size is not None and pack_size < 1:
         raise ValueError(f"pack size must be >= 1 (1: no packing), got {pack_size}")
     space = param_space(spec, seeds or (SMOKE_SEEDS if smoke else spec.seeds), smoke, overrides or {}, pack_size)
+    gpus_per_trial = _gpu_share(spec, smoke, overrides or {}, gpus_per_trial)
     check_results_dir(Path(results_dir))
     results_dir = Path(results_dir).resolve()  # Ray runs trials in their own working directories
     uri = records.tracking_uri(results_dir)
@@ -262,6 +264,17 @@ def _run_as_driver(name, space, results_dir, uri, storage, sweep_dir, resumed, a
                          space["context"]["driver"])
     records.finish_sweep_parent_run(uri, parent, dataclasses.asdict(summary))
     return summary
+
+
+def _gpu_share(spec: SweepSpec, smoke: bool, overrides: dict, gpus_per_trial: float) -> float:
+    """The GPU share Ray reserves per trial: as asked, or GPUS_PER_TRIAL_ON_CUDA where trials run on
+    CUDA and none was asked for (a trial without a GPU reservation sees no GPU in its worker)."""
+    devices = {str(overrides.get("device", get_experiment(e, smoke).device)) for e in spec.experiments}
+    if gpus_per_trial == 0 and any(d.startswith("cuda") for d in devices):
+        log.warning("trials run on %s: reserving %.2f GPU per trial (set --gpus-per-trial to change it)",
+                    ", ".join(sorted(devices)), GPUS_PER_TRIAL_ON_CUDA)
+        return GPUS_PER_TRIAL_ON_CUDA
+    return gpus_per_trial
 
 
 @contextlib.contextmanager

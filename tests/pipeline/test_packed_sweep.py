@@ -8,7 +8,7 @@ import pyarrow.dataset as ds
 import pytest
 import torch
 
-from pipeline.sweep import packs, run_sweep
+from pipeline.sweep import run_sweep
 
 TINY = {"pretrain.steps": "40", "mask.steps": "30", "eval_size": "64", "checkpoint_every": "10", "mask.fused": "false"}
 BETAS = {1e-5, 1e-4, 1e-3}  # the smoke grid of alpha-sensitivity
@@ -44,17 +44,6 @@ def _assert_each_trial_once(results_dir, trials: int) -> set:
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert {float(r.data.params["mask.beta"]) for r in runs} == BETAS
     return set(ids)
-
-
-def test_packs_split_evenly_and_never_exceed_the_pack_size():
-    members = [{"mask.beta": b} for b in range(26)]
-    for size in (1, 4, 13, 16, 30):
-        groups = packs(members, size)
-        assert max(len(g) for g in groups) <= size
-        assert max(len(g) for g in groups) - min(len(g) for g in groups) <= 1
-        assert sorted(m["mask.beta"] for g in groups for m in g) == list(range(26))
-        assert len(groups) == -(-26 // size)
-    assert len(packs(members, None)) == 2  # 16 at most by default
 
 
 def test_packed_sweep_gives_the_masks_of_unpacked_trials_and_records_each_trial_once(tmp_path):

@@ -1,0 +1,42 @@
+"""How a sweep is laid out before Ray starts: packs of mask-only grid points, GPU shares."""
+
+import pytest
+
+from pipeline.experiments import get_sweep
+from pipeline.sweep import GPUS_PER_TRIAL_ON_CUDA, _gpu_share, member_configs, packs, param_space
+
+
+def test_packs_split_evenly_and_never_exceed_the_pack_size():
+    members = [{"mask.beta": b} for b in range(26)]
+    for size in (1, 4, 13, 16, 30):
+        groups = packs(members, size)
+        assert max(len(g) for g in groups) <= size
+        assert max(len(g) for g in groups) - min(len(g) for g in groups) <= 1
+        assert sorted(m["mask.beta"] for g in groups for m in g) == list(range(26))
+        assert len(groups) == -(-26 // size)
+    assert [len(g) for g in packs(members, None)] == [13, 13]  # at most 16 by default
+
+
+def _grid(space: dict) -> dict:
+    return {k: v["grid_search"] for k, v in space.items() if isinstance(v, dict) and "grid_search" in v}
+
+
+def test_only_mask_axes_are_packed_and_each_member_is_one_grid_point():
+    spec = get_sweep("alpha-sensitivity")
+    packed = _grid(param_space(spec, 2, True, {}, None))
+    assert set(packed) == {"experiment", "seed", "model.size", "pack"}  # β moved into the packs
+    assert len(packed["pack"]) == 1 and packed["pack"][0]["label"] == "mask.beta=1e-05,0.0001,0.001"
+    unpacked = _grid(param_space(spec, 2, True, {}, 1))
+    assert set(unpacked) == {"experiment", "seed", "model.size", "mask.beta"}
+
+    trial = {"experiment": "addmul-fnn", "seed": 1, "model.size": "small", "pack": packed["pack"][0],
+             "fixed_overrides": {"mask.steps": 7}, "smoke": True, "context": {"sweep": "alpha-sensitivity"}}
+    configs = member_configs(trial)
+    assert [c.mask.beta for c in configs] == [1e-5, 1e-4, 1e-3]
+    assert {(c.seed, c.model.size, c.mask.steps, c.sweep) for c in configs} == {(1, "small", 7, "alpha-sensitivity")}
+
+
+@pytest.mark.parametrize("overrides, asked, expected", [
+    ({}, 0, 0), ({"device": "cuda"}, 0, GPUS_PER_TRIAL_ON_CUDA), ({"device": "cuda:1"}, 0.5, 0.5), ({}, 1, 1)])
+def test_trials_on_cuda_reserve_a_gpu_share(overrides, asked, expected):
+    assert _gpu_share(get_sweep("sharing-vs-capacity"), True, overrides, asked) == expected
