@@ -146,8 +146,9 @@ class MaskedModel(nn.Module):
         if self._identity is None or self._identity[0] != stamp:
             digest = hashlib.sha256()
             for name, p in params.items():
-                digest.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
-                digest.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+                digest.update(f"{name}{tuple(p.shape)}{p.dtype}{p.device}".encode())
+                if p.device.type != "meta":  # meta tensors have shapes only
+                    digest.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
             self._identity = (stamp, (type(self.model).__name__, digest.hexdigest()))
         return self._identity[1]
 

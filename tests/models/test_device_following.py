@@ -32,6 +32,35 @@ def test_a_masked_model_on_another_device_keeps_every_tensor_there():
     assert {t.device for t in tensors} == {META}
 
 
+def test_masks_training_in_a_pack_keep_every_tensor_on_the_model_device():
+    import copy
+    import threading
+
+    from models.masking.packing import MaskPack
+
+    pack, network = MaskPack(), _meta_model()
+    members = [MaskedModel(copy.deepcopy(network), MaskConfig(num_samples=2)) for _ in range(2)]
+    x = torch.randn(8, 6, device=META)
+    for masked in members:  # the first step checks that vmap batches the model (alone)
+        masked(x).sum().backward()
+        masked.pack = pack
+    started, losses = threading.Barrier(2), []
+
+    def step(masked):
+        with pack.member():
+            started.wait()
+            losses.append(training_step(masked, make_optimizer(masked), lambda: masked(x).square().mean()))
+
+    threads = [threading.Thread(target=step, args=(m,)) for m in members]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert pack.packed_forwards == 2
+    assert {loss.device for loss in losses} == {META}
+    assert {l.grad.device for m in members for l in m.logits} == {META}
+
+
 def test_joint_training_with_frozen_entries_stays_on_the_model_device():
     model = _meta_model()
     frozen = {"0.weight": torch.zeros(8, 6, dtype=torch.bool, device=META)}
