@@ -39,6 +39,7 @@ class MaskStageConfig:
     fused: bool = True
     clip: float = 1.0
     warmup_steps: int = 0  # linear warm-up of the mask lr from 0
+    pack: bool = False  # a trial's masks train together in one pass (same masks; pays off on a GPU)
 
 
 OPTIMIZERS = ("adam", "sgd")
@@ -79,9 +80,9 @@ class ExperimentConfig:
 
 # Keys that pick the class of a settings section: set first, they reset that section to its defaults.
 SWITCHES = {"task": ("task_options", task_options), "model.builder": ("model", default_settings)}
-# Keys that do not change what is computed (where data is, how often curves are logged): left out of
-# every fingerprint, so changing them finds the same trials.
-LOCATION_KEYS = ("data_dir", "log_every")
+# Keys that do not change what is computed (where data is, how often curves are logged, whether the
+# masks of a trial train together): left out of every fingerprint, so changing them finds the same trials.
+UNKEYED = ("data_dir", "log_every", "mask.pack")
 
 
 def flatten(config) -> dict[str, object]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -134,11 +135,13 @@ class MetricLogger:
     call every `interval` seconds (and on flush), so logging costs little of a step's time.
 
     resumed=True: steps at or before the last one MLflow already has for a key (a trial resumed
-    from a checkpoint repeats steps) are dropped, so curves have no duplicate steps.
+    from a checkpoint repeats steps) are dropped, so curves have no duplicate steps. Safe to call
+    from several threads (the masks of a trial training together in a pack).
     """
 
     def __init__(self, uri: str, run_id: str, resumed: bool = False, interval: float = 5.0):
         self.uri, self.run_id, self.resumed, self.interval = uri, run_id, resumed, interval
+        self.lock = threading.RLock()
         self.pending: list = []
         self.last_step: dict[str, int] = {}
         self.last_flush = time.monotonic()
@@ -149,14 +152,15 @@ class MetricLogger:
 
         now = int(time.time() * 1000)
         prefix = stage.replace(" ", "/")
-        for name, value in metrics.items():
-            key = f"{prefix}/{name}"
-            if step <= self._last_step(key):
-                continue
-            self.last_step[key] = step
-            self.pending.append(mlflow.entities.Metric(key, float(value), now, step))
-        if time.monotonic() - self.last_flush >= self.interval:
-            self.flush()
+        with self.lock:
+            for name, value in metrics.items():
+                key = f"{prefix}/{name}"
+                if step <= self._last_step(key):
+                    continue
+                self.last_step[key] = step
+                self.pending.append(mlflow.entities.Metric(key, float(value), now, step))
+            if time.monotonic() - self.last_flush >= self.interval:
+                self.flush()
 
     def _last_step(self, key: str) -> int:
         if key not in self.last_step:
@@ -171,10 +175,11 @@ class MetricLogger:
     def flush(self) -> None:
         import mlflow
 
-        self.last_flush = time.monotonic()
-        if not self.pending:
+        with self.lock:
+            self.last_flush = time.monotonic()
+            batch, self.pending = self.pending, []
+        if not batch:
             return
-        batch, self.pending = self.pending, []
         with _store_lock(self.uri):
             client = mlflow.MlflowClient(tracking_uri=self.uri)
             for start in range(0, len(batch), 1000):  # MLflow takes at most 1000 metrics per batch

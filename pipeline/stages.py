@@ -8,8 +8,10 @@ task (tasks.registry.Task) supplies data, loss and scoring, the model registry b
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -23,7 +25,7 @@ from models.masking import MaskConfig, MaskedModel, ParameterFilter, applied, ma
 from models.masking.masks import atomic_torch_save
 from models.masking.packing import MaskPack
 from models.registry import build_model
-from pipeline.config import LOCATION_KEYS, ExperimentConfig, PretrainConfig, fingerprint, flatten
+from pipeline.config import UNKEYED, ExperimentConfig, PretrainConfig, fingerprint, flatten
 from pipeline.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,7 @@ def pretrain_key(config: ExperimentConfig, task_version: int, split: str) -> str
 
 
 def trial_id(config: ExperimentConfig, task_version: int) -> str:
-    values = {k: v for k, v in flatten(config).items() if k not in LOCATION_KEYS}
+    values = {k: v for k, v in flatten(config).items() if k not in UNKEYED}
     return f"{config.experiment}-s{config.seed}-{fingerprint(values | {'task_version': task_version})}"
 
 
@@ -282,6 +284,20 @@ def train_mask(ctx: TrialContext, name: str, split: str, network: Path,
     masks_file, logits_file = mask_files(ctx, name)
     ctx.stage(f"mask {name}", [masks_file, logits_file], lambda: _train_mask(ctx, name, split, network, prepare))
     return logits_file
+
+
+def train_masks(ctx: TrialContext, splits: dict[str, str], network: Path,
+                prepare: Callable[[MaskedModel], None] = lambda masked: None) -> dict[str, Path]:
+    """train_mask for each {name: split}; with mask.pack, the masks train together (one thread each,
+    one MaskPack: the pack of the sweep this trial is in, if any), else one after the other.
+    -> {name: logits file}."""
+    if not ctx.config.mask.pack or len(splits) < 2:
+        return {name: train_mask(ctx, name, split, network, prepare) for name, split in splits.items()}
+    packed = dataclasses.replace(ctx, pack=ctx.pack or MaskPack())
+    with ThreadPoolExecutor(len(splits), thread_name_prefix="mask") as pool:
+        futures = {name: pool.submit(train_mask, packed, name, split, network, prepare)
+                   for name, split in splits.items()}
+    return {name: future.result() for name, future in futures.items()}
 
 
 def _train_mask(ctx: TrialContext, name: str, split: str, network: Path, prepare) -> None:

@@ -104,10 +104,7 @@ def sweep_trial(trial_config: dict) -> None:
     if previous is not None:
         with previous.as_directory() as folder:
             log.info("trial restored by Tune after stage %s", json.loads((Path(folder) / "stage.json").read_text()))
-    if len(configs) == 1:
-        results = [_member_run(configs[0], context, lambda stage: _report_stage(0, stage))(None)]
-    else:
-        results = _run_pack(configs, context)
+    results = _run_members(configs, context)
     metrics = results[0].metrics if len(results) == 1 else {}
     tune.report({"done": 1, "stage": "evaluate", "trials": len(results),
                  **{k.replace("/", "_"): v for k, v in metrics.items()}})
@@ -129,23 +126,24 @@ def _member_run(config, context: dict, on_stage):
         on_stage=report_stage, storage_uri=context["storage_uri"], pack=pack)
 
 
-def _run_pack(configs: list, context: dict) -> list:
-    """Each trial in its own thread, their masks in one MaskPack; Tune hears of every finished stage
-    from this thread. Raises the first error once every member has stopped (finished members keep
-    their results: a retry of the pack does not redo them)."""
+def _run_members(configs: list, context: dict) -> list:
+    """Each trial in its own thread (several: their masks in one MaskPack); Tune hears of every
+    finished stage from this thread only, whichever thread finished it. Raises the first error once
+    every member has stopped (finished members keep their results: a retry does not redo them)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from models.masking.packing import MaskPack
 
     events: queue.Queue = queue.Queue()
-    pack = MaskPack()
+    pack = MaskPack() if len(configs) > 1 else None
     runs = [_member_run(config, context, lambda stage, i=i: events.put((i, stage))) for i, config in enumerate(configs)]
     with ThreadPoolExecutor(len(runs), thread_name_prefix="pack-member") as pool:
         futures = [pool.submit(run, pack) for run in runs]
         while not all(f.done() for f in futures) or not events.empty():
             with contextlib.suppress(queue.Empty):
                 _report_stage(*events.get(timeout=1.0))
-    log.info("pack of %d trials: %d mask forward passes ran packed", len(runs), pack.packed_forwards)
+    if pack is not None:
+        log.info("pack of %d trials: %d mask forward passes ran packed", len(runs), pack.packed_forwards)
     errors = [f.exception() for f in futures if f.exception() is not None]
     if errors:
         raise errors[0]

@@ -26,7 +26,7 @@ from models.registry import model_settings
 from pipeline.config import ExperimentConfig, MaskStageConfig, PretrainConfig
 from pipeline.evaluate import accuracy, evaluate_masks, histogram_rows
 from pipeline.experiments import SweepSpec, register_experiment, register_sweep
-from pipeline.stages import TrialContext, load_network, mask_files, pretrained_network, train_mask
+from pipeline.stages import TrialContext, load_network, mask_files, pretrained_network, train_mask, train_masks
 from pipeline.studies import register_study
 from tasks.registry import options_for
 
@@ -39,9 +39,8 @@ def class_removal(ctx: TrialContext) -> dict[str, list[dict]]:
     network = pretrained_network(ctx)
     control = ctx.task.control_mask
     control_logits = train_mask(ctx, control, ctx.task.mask_splits[control], network)
-    for name, split in ctx.task.mask_splits.items():
-        if name != control:
-            train_mask(ctx, name, split, network, prepare=fix_output_layer(control_logits))
+    classes = {name: split for name, split in ctx.task.mask_splits.items() if name != control}
+    train_masks(ctx, classes, network, prepare=fix_output_layer(control_logits))
     return evaluate_masks(ctx, network, list(ctx.task.mask_splits))
 
 
@@ -77,8 +76,7 @@ def mask_stability(ctx: TrialContext) -> dict[str, list[dict]]:
     pairs = chosen_pairs(ctx)
     suffixes = ctx.task.pair_mask_suffixes
     names = [f"{pair}-{suffix}" for pair in pairs for suffix in suffixes]
-    for name in names:
-        train_mask(ctx, name, ctx.task.mask_splits[name], network)
+    train_masks(ctx, {name: ctx.task.mask_splits[name] for name in names}, network)
     model = load_network(ctx, network)
     masks = {name: Masks.load(mask_files(ctx, name)[0], model) for name in names}
     return {"mask_iou": iou_rows(masks, pairs, suffixes),

@@ -8,15 +8,14 @@ from __future__ import annotations
 from pipeline.config import ExperimentConfig
 from pipeline.evaluate import evaluate_masks
 from pipeline.experiments import register_experiment
-from pipeline.stages import TrialContext, pretrained_network, train_mask
+from pipeline.stages import TrialContext, pretrained_network, train_masks
 from pipeline.studies import register_study
 
 
 @register_study("masks")
 def pretrain_masks_evaluate(ctx: TrialContext) -> dict[str, list[dict]]:
     network = pretrained_network(ctx)
-    for name, split in ctx.task.mask_splits.items():
-        train_mask(ctx, name, split, network)
+    train_masks(ctx, ctx.task.mask_splits, network)
     return evaluate_masks(ctx, network, list(ctx.task.mask_splits))
 
 

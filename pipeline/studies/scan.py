@@ -12,7 +12,7 @@ from models.registry import model_settings
 from pipeline.config import ExperimentConfig, MaskStageConfig, PretrainConfig
 from pipeline.evaluate import accuracy, evaluate_masks
 from pipeline.experiments import SweepSpec, register_experiment, register_sweep
-from pipeline.stages import TrialContext, load_network, pretrained_network, train_mask
+from pipeline.stages import TrialContext, load_network, pretrained_network, train_masks
 from pipeline.studies import register_study
 from tasks.registry import options_for
 
@@ -22,8 +22,7 @@ BASELINE = "baseline"
 @register_study("scan")
 def pretrain_masks_baselines(ctx: TrialContext) -> dict[str, list[dict]]:
     network = pretrained_network(ctx)
-    for name, split in ctx.task.mask_splits.items():
-        train_mask(ctx, name, split, network)
+    train_masks(ctx, ctx.task.mask_splits, network)
     tables = evaluate_masks(ctx, network, list(ctx.task.mask_splits))
     tables["metrics"] += baseline_rows(ctx)
     return tables

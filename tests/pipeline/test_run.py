@@ -197,3 +197,17 @@ def test_storage_uri_shares_finished_stages_between_machines(tmp_path, monkeypat
     result = CliRunner().invoke(main, ["analyze", storage, "--out", str(tmp_path / "figures")])
     assert result.exit_code == 0, result.output
     assert "2 trials" in (tmp_path / "figures" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("fused", ["false", "true"])
+def test_masks_of_a_trial_trained_together_equal_masks_trained_one_by_one(tmp_path, fused):
+    """mask.pack=true trains add, mul and the control mask in one pass: the same trial, the same masks."""
+    alone = run_trial(tiny(**{"mask.fused": fused}), tmp_path / "alone")
+    packed = run_trial(tiny(**{"mask.fused": fused, "mask.pack": "true"}), tmp_path / "packed")
+    assert packed.trial_id == alone.trial_id  # packing does not change what is computed
+    names = sorted(p.name for p in (alone.trial_dir / "masks").glob("*.logits.pt"))
+    assert names == ["add.logits.pt", "full.logits.pt", "mul.logits.pt"]
+    for name in names:
+        a, b = torch.load(alone.trial_dir / "masks" / name), torch.load(packed.trial_dir / "masks" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert len(_runs(tmp_path / "packed")) == 1
