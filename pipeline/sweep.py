@@ -219,8 +219,10 @@ def run_sweep(
     spec = get_sweep(name)
     if pack_size is not None and pack_size < 1:
         raise ValueError(f"pack size must be >= 1 (1: no packing), got {pack_size}")
+    devices = _trial_devices(spec, smoke, overrides or {})
+    pack_size = pack_size or default_pack_size(devices)
     space = param_space(spec, seeds or (SMOKE_SEEDS if smoke else spec.seeds), smoke, overrides or {}, pack_size)
-    gpus_per_trial = _gpu_share(spec, smoke, overrides or {}, gpus_per_trial)
+    gpus_per_trial = _gpu_share(devices, gpus_per_trial)
     check_results_dir(Path(results_dir))
     results_dir = Path(results_dir).resolve()  # Ray runs trials in their own working directories
     uri = records.tracking_uri(results_dir)
@@ -264,10 +266,19 @@ def _run_as_driver(name, space, results_dir, uri, storage, sweep_dir, resumed, a
     return summary
 
 
-def _gpu_share(spec: SweepSpec, smoke: bool, overrides: dict, gpus_per_trial: float) -> float:
+def _trial_devices(spec: SweepSpec, smoke: bool, overrides: dict) -> set[str]:
+    return {str(overrides.get("device", get_experiment(e, smoke).device)) for e in spec.experiments}
+
+
+def default_pack_size(devices: set[str]) -> int:
+    """Packs on a GPU, where M small passes are launch-bound; none on a CPU, where packing measured
+    slower (threads handing rounds over, the joint weight stacks copied: benchmarks/README.md)."""
+    return MAX_PACK if any(d.startswith("cuda") for d in devices) else 1
+
+
+def _gpu_share(devices: set[str], gpus_per_trial: float) -> float:
     """The GPU share Ray reserves per trial: as asked, or GPUS_PER_TRIAL_ON_CUDA where trials run on
     CUDA and none was asked for (a trial without a GPU reservation sees no GPU in its worker)."""
-    devices = {str(overrides.get("device", get_experiment(e, smoke).device)) for e in spec.experiments}
     if gpus_per_trial == 0 and any(d.startswith("cuda") for d in devices):
         log.warning("trials run on %s: reserving %.2f GPU per trial (set --gpus-per-trial to change it)",
                     ", ".join(sorted(devices)), GPUS_PER_TRIAL_ON_CUDA)

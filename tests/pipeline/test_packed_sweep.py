@@ -48,7 +48,7 @@ def _assert_each_trial_once(results_dir, trials: int) -> set:
 
 def test_packed_sweep_gives_the_masks_of_unpacked_trials_and_records_each_trial_once(tmp_path):
     packed, alone = tmp_path / "packed", tmp_path / "alone"
-    summary = _sweep(packed)
+    summary = _sweep(packed, pack_size=3)
     assert (summary.done, summary.failed, summary.unfinished) == (3, 0, 0)
     assert (_sweep(alone, pack_size=1).done) == 3
     packed_ids = _assert_each_trial_once(packed, 3)
@@ -70,9 +70,9 @@ def test_packed_sweep_gives_the_masks_of_unpacked_trials_and_records_each_trial_
 
 
 def test_failed_pack_resumes_and_records_each_trial_once(tmp_path):
-    first = _sweep(tmp_path, fail_first_attempt=True, max_failures=0)
+    first = _sweep(tmp_path, fail_first_attempt=True, max_failures=0, pack_size=3)
     assert (first.done, first.failed) == (0, 3)  # every member failed after its first stage
-    resumed = _sweep(tmp_path, resume=True)
+    resumed = _sweep(tmp_path, resume=True, pack_size=3)
     assert resumed.resumed and (resumed.done, resumed.failed, resumed.unfinished) == (3, 0, 0)
     assert (resumed.retried, resumed.resumed_trials) == (0, 3)
     _assert_each_trial_once(tmp_path, 3)

@@ -3,7 +3,8 @@
 import pytest
 
 from pipeline.experiments import get_sweep
-from pipeline.sweep import GPUS_PER_TRIAL_ON_CUDA, _gpu_share, member_configs, packs, param_space
+from pipeline.sweep import (GPUS_PER_TRIAL_ON_CUDA, MAX_PACK, _gpu_share, _trial_devices, default_pack_size,
+                            member_configs, packs, param_space)
 
 
 def test_packs_split_evenly_and_never_exceed_the_pack_size():
@@ -38,5 +39,7 @@ def test_only_mask_axes_are_packed_and_each_member_is_one_grid_point():
 
 @pytest.mark.parametrize("overrides, asked, expected", [
     ({}, 0, 0), ({"device": "cuda"}, 0, GPUS_PER_TRIAL_ON_CUDA), ({"device": "cuda:1"}, 0.5, 0.5), ({}, 1, 1)])
-def test_trials_on_cuda_reserve_a_gpu_share(overrides, asked, expected):
-    assert _gpu_share(get_sweep("sharing-vs-capacity"), True, overrides, asked) == expected
+def test_trials_on_cuda_reserve_a_gpu_share_and_pack_by_default(overrides, asked, expected):
+    devices = _trial_devices(get_sweep("sharing-vs-capacity"), True, overrides)
+    assert _gpu_share(devices, asked) == expected
+    assert default_pack_size(devices) == (MAX_PACK if "device" in overrides else 1)
