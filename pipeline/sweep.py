@@ -15,6 +15,7 @@ import os
 import socket
 import tempfile
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,7 @@ def _product(grid: dict) -> list[tuple]:
 # -- the trial ----------------------------------------------------------------------------------------
 def sweep_trial(trial_config: dict) -> None:
     """Tune function trainable: build the ExperimentConfig and run it; report after each stage."""
+    import ray
     import torch
     from ray import tune
 
@@ -67,6 +69,7 @@ def sweep_trial(trial_config: dict) -> None:
     results_dir = Path(context["results_dir"])
     version = task_of(config).version
     attempt, first_ever = _count_attempt(results_dir, config, context["driver"])
+    node = ray.get_runtime_context().get_node_id()  # in Tune's results: which node ran each stage
     stages = []
 
     previous = tune.get_checkpoint()
@@ -84,14 +87,14 @@ def sweep_trial(trial_config: dict) -> None:
             marker = {"stage": stage, "trial_dir": str(results_dir / "trials" / trial_id(config, version))}
             (Path(folder) / "stage.json").write_text(json.dumps(marker))
             tune.report({"done": 0, "stage": stage, "stages_done": len(stages), "attempts": attempt,
-                         "trial_dir": marker["trial_dir"]}, checkpoint=tune.Checkpoint.from_directory(folder))
+                         "trial_dir": marker["trial_dir"], "node_id": node}, checkpoint=tune.Checkpoint.from_directory(folder))
 
     result = run_trial(config, results_dir, parent_run_id=context["parent_run_id"], tags={"sweep": context["sweep"]},
                        mlflow_experiment=records.sweep_experiment(context["sweep"]),
                        tracking_uri=context["tracking_uri"], on_stage=report_stage,
                        storage_uri=context["storage_uri"])
     tune.report({"done": 1, "stage": "evaluate", "stages_done": len(stages) + 1, "attempts": attempt,
-                 "trial_dir": str(result.trial_dir), **{k.replace("/", "_"): v for k, v in result.metrics.items()}})
+                 "trial_dir": str(result.trial_dir), "node_id": node, **{k.replace("/", "_"): v for k, v in result.metrics.items()}})
 
 
 def _count_attempt(results_dir: Path, config, driver: str) -> tuple[int, bool]:
@@ -149,11 +152,12 @@ def run_sweep(
     space = param_space(spec, seeds or (SMOKE_SEEDS if smoke else spec.seeds), smoke, overrides or {})
     check_results_dir(Path(results_dir))
     results_dir = Path(results_dir).resolve()  # Ray runs trials in their own working directories
-    uri = records.tracking_uri(results_dir)
-    records.check_tracking(uri)
     address = address or os.environ.get("RAY_ADDRESS")
+    uri = records.tracking_uri(results_dir)
     if address:
         check_ray_address(address)
+        uri = tracking_uri_for_cluster(uri, ray.util.get_node_ip_address())
+    records.check_tracking(uri)
     if storage_uri:
         Storage(results_dir, storage_uri)  # fails early on a URI pyarrow cannot open
     storage = storage_uri.rstrip("/") + "/ray" if storage_uri else str(results_dir / "ray")
@@ -322,6 +326,21 @@ def _attempts(result, results_dir: Path) -> dict:
     marker = (result.metrics or {}).get("trial_dir")
     path = Path(marker) / "attempts.json" if marker else None
     return json.loads(path.read_text()) if path and path.exists() else {}
+
+
+def tracking_uri_for_cluster(uri: str, driver_ip: str) -> str:
+    """The tracking URI as trials on other nodes must see it: a server the driver names localhost
+    (ray_cluster.yaml's head exports http://localhost:5000) is, on a worker node, that worker itself;
+    name it by the driver's IP instead, which the driver reaches as well (the server listens on all
+    interfaces). Any other URI is returned as it is."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme not in ("http", "https") or parts.hostname not in ("localhost", "127.0.0.1", "0.0.0.0", "::1"):
+        return uri
+    credentials = parts.netloc.rpartition("@")[0]
+    host = f"[{driver_ip}]" if ":" in driver_ip else driver_ip  # an IPv6 address in a URL
+    netloc = (credentials + "@" if credentials else "") + host + (f":{parts.port}" if parts.port else "")
+    log.info("MLflow tracking server %s: trials on every node use %s", uri, netloc)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def check_ray_address(address: str) -> None:
