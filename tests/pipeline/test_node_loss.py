@@ -1,5 +1,6 @@
-"""A node dies mid-stage on a real multi-node Ray cluster on this machine: a head and worker nodes
-started with `ray start`, each in its own temp dir, sharing the results folder (the local disk)."""
+"""Sweeps on a multi-node cluster. A node dies mid-stage on a real multi-node Ray cluster on this
+machine: a head and worker nodes started with `ray start`, each in its own temp dir, sharing the
+results folder (the local disk)."""
 
 import json
 import re
@@ -14,10 +15,10 @@ import pytest
 import ray.util
 import torch
 
+from pipeline.sweep import tracking_uri_for_cluster
 from tests.pipeline.local_ray import cluster_environment, free_port, start_node, stop_node
 from tests.pipeline.test_sweep import TINY, _assert_each_trial_once
 
-pytestmark = pytest.mark.slow
 MASK_STEPS = 200  # long enough that the second mask stage is still running when the node is killed
 
 
@@ -41,6 +42,18 @@ def _tune_reports(results_dir: Path, trial_dir: Path) -> list[dict]:
     raise AssertionError(f"no Tune results of {trial_dir}")
 
 
+@pytest.mark.parametrize("uri, expected", [
+    ("http://localhost:5000", "http://10.0.0.7:5000"),  # ray_cluster.yaml's head
+    ("http://127.0.0.1:5000/prefix", "http://10.0.0.7:5000/prefix"),
+    ("https://user:secret@localhost", "https://user:secret@10.0.0.7"),
+    ("http://10.0.0.9:5000", "http://10.0.0.9:5000"),  # already reachable from other nodes
+    ("sqlite:////shared/results/mlflow.db", "sqlite:////shared/results/mlflow.db"),
+])
+def test_trials_on_other_nodes_get_the_drivers_ip_for_a_localhost_tracking_server(uri, expected):
+    assert tracking_uri_for_cluster(uri, "10.0.0.7") == expected
+
+
+@pytest.mark.slow
 def test_trial_on_a_lost_node_finishes_on_another_node_from_its_last_checkpoint(tmp_path):
     """Head without CPUs (as in ray_cluster.yaml) + one 1-CPU worker, so trials run one at a time on it.
     When the first trial is inside its second mask stage, the worker dies (SIGKILL of all its
