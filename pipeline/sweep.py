@@ -277,15 +277,58 @@ def _join_cluster(address: str, verbose: bool) -> None:
     else:
         maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
     try:
+        _ask_cluster_once(address)
         ray.init(address=address, include_dashboard=False, ignore_reinit_error=True, log_to_driver=verbose)
     except (ConnectionError, RuntimeError) as error:
         mode = os.environ.get("RAY_AUTH_MODE", "disabled")
         raise ConnectionError(
-            f"cannot join the Ray cluster at {address!r} ({str(error).splitlines()[0][:200]}); authentication mode "
+            f"cannot join the Ray cluster at {address!r} ({str(error).splitlines()[0][:300]}); authentication mode "
             f"here: {mode}. If the head uses token authentication (the default of `ray start --head` since Ray 2.59), "
             "give this machine the head's token: copy the head's ~/.ray/auth_token here or set RAY_AUTH_TOKEN "
             "(see `ray get-auth-token` on the head). Otherwise check the address, or leave --address unset to "
             "run locally") from None
+
+
+def _ask_cluster_once(address: str) -> None:
+    """One request to the head (its cluster id), as ray.init's first step. ray.init repeats a refused
+    request 20 times over 20 s, each time printing a warning line from Ray's C++ core (printed before
+    RAY_BACKEND_LOG_LEVEL applies); here Ray's output of the one try is kept back and its reason raised."""
+    try:
+        from ray._raylet import GcsClient
+    except ImportError:  # another Ray version: ray.init alone
+        return
+    if "://" in address or address == "auto":  # Ray Client or a local cluster: ray.init finds its way
+        return
+    failed = None
+    with tempfile.TemporaryFile(mode="w+") as kept:
+        with _stderr_to(kept):
+            try:
+                GcsClient(address=address)
+            except Exception as error:  # Ray raises RpcError, RuntimeError or others by version
+                failed = error
+        kept.seek(0)
+        output = kept.read()
+    if failed is None:
+        log.debug("Ray's output while reaching %s: %s", address, output)
+        return
+    reasons = [line.split(": ", 1)[-1] for line in output.splitlines() if "gcs_client" in line]
+    raise ConnectionError((reasons or [f"{type(failed).__name__}: {failed}"])[0])
+
+
+@contextlib.contextmanager
+def _stderr_to(file):
+    """File descriptor 2 (Python's and C++'s writes to stderr) goes to `file` for the block."""
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(file.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def progress_reporter(spec: SweepSpec):
