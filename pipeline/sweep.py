@@ -87,14 +87,16 @@ def sweep_trial(trial_config: dict) -> None:
             marker = {"stage": stage, "trial_dir": str(results_dir / "trials" / trial_id(config, version))}
             (Path(folder) / "stage.json").write_text(json.dumps(marker))
             tune.report({"done": 0, "stage": stage, "stages_done": len(stages), "attempts": attempt,
-                         "trial_dir": marker["trial_dir"], "node_id": node}, checkpoint=tune.Checkpoint.from_directory(folder))
+                         "trial_dir": marker["trial_dir"], "node_id": node},
+                        checkpoint=tune.Checkpoint.from_directory(folder))
 
     result = run_trial(config, results_dir, parent_run_id=context["parent_run_id"], tags={"sweep": context["sweep"]},
                        mlflow_experiment=records.sweep_experiment(context["sweep"]),
                        tracking_uri=context["tracking_uri"], on_stage=report_stage,
                        storage_uri=context["storage_uri"])
     tune.report({"done": 1, "stage": "evaluate", "stages_done": len(stages) + 1, "attempts": attempt,
-                 "trial_dir": str(result.trial_dir), "node_id": node, **{k.replace("/", "_"): v for k, v in result.metrics.items()}})
+                 "trial_dir": str(result.trial_dir), "node_id": node,
+                 **{k.replace("/", "_"): v for k, v in result.metrics.items()}})
 
 
 def _count_attempt(results_dir: Path, config, driver: str) -> tuple[int, bool]:

@@ -64,7 +64,7 @@ def test_schema_check_would_catch_a_broken_config():
 def test_fake_variant_differs_from_the_cluster_config_only_where_the_provider_requires():
     real, fake = yaml.safe_load(CONFIG.read_text()), yaml.safe_load(FAKE_CONFIG.read_text())
     differing = {"provider", "available_node_types", "head_node_type"}
-    assert {k: v for k, v in real.items() if k not in differing} == {k: v for k, v in fake.items() if k not in differing}
+    assert {k: real[k] for k in real if k not in differing} == {k: fake[k] for k in fake if k not in differing}
     assert fake["provider"]["type"] == "fake_multinode" and fake["head_node_type"] == FAKE_HEAD_TYPE
     names = {real["head_node_type"]: FAKE_HEAD_TYPE}
     assert set(fake["available_node_types"]) == {names.get(n, n) for n in real["available_node_types"]}
@@ -158,7 +158,8 @@ def test_fake_multinode_cluster_autoscales_a_smoke_sweep_that_logs_to_the_heads_
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     trials = [r for r in runs if "trial_id" in r.data.tags]
     assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
-    ids = set(ds.dataset(results / "parquet" / "metrics", partitioning="hive").to_table().column("trial_id").to_pylist())
+    table = ds.dataset(results / "parquet" / "metrics", partitioning="hive").to_table()
+    ids = set(table.column("trial_id").to_pylist())
     assert sorted(r.data.tags["trial_id"] for r in trials) == sorted(ids) and len(ids) == 2
     for run in trials:
         stored = tmp_path / "head" / "mlartifacts" / run.info.experiment_id / run.info.run_id / "artifacts"
