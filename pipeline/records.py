@@ -190,7 +190,10 @@ def _experiment_id(client, name: str, artifact_root: Path | None = None) -> str:
     found = client.get_experiment_by_name(name)
     if found:
         return found.experiment_id
-    location = (artifact_root / name).resolve().as_uri() if artifact_root else None
+    # A local store keeps artifacts beside the results; a tracking server keeps them where it was told
+    # to (ray_cluster.yaml: --artifacts-destination on S3) and takes them from trials on any node.
+    server = client.tracking_uri.startswith(("http:", "https:", "databricks"))
+    location = (artifact_root / name).resolve().as_uri() if artifact_root and not server else None
     try:
         # MLflow 3's UI opens an experiment of this kind on its runs table (not the GenAI overview)
         return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)

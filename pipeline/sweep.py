@@ -16,6 +16,7 @@ import queue
 import socket
 import tempfile
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,8 +107,8 @@ def sweep_trial(trial_config: dict) -> None:
             log.info("trial restored by Tune after stage %s", json.loads((Path(folder) / "stage.json").read_text()))
     results = _run_members(configs, context)
     metrics = results[0].metrics if len(results) == 1 else {}
-    tune.report({"done": 1, "stage": "evaluate", "trials": len(results),
-                 **{k.replace("/", "_"): v for k, v in metrics.items()}})
+    tune.report({"done": 1, "stage": "evaluate", "trials": len(results), "trial_dir": str(results[0].trial_dir),
+                 "node_id": _node_id(), **{k.replace("/", "_"): v for k, v in metrics.items()}})
 
 
 def _member_run(config, context: dict, on_stage):
@@ -137,11 +138,13 @@ def _run_members(configs: list, context: dict) -> list:
     events: queue.Queue = queue.Queue()
     pack = MaskPack() if len(configs) > 1 else None
     runs = [_member_run(config, context, lambda stage, i=i: events.put((i, stage))) for i, config in enumerate(configs)]
+    folders = [Path(context["results_dir"]) / "trials" / trial_id(c, task_of(c).version) for c in configs]
     with ThreadPoolExecutor(len(runs), thread_name_prefix="pack-member") as pool:
         futures = [pool.submit(run, pack) for run in runs]
         while not all(f.done() for f in futures) or not events.empty():
             with contextlib.suppress(queue.Empty):
-                _report_stage(*events.get(timeout=1.0))
+                member, stage = events.get(timeout=1.0)
+                _report_stage(member, stage, folders[member])
     if pack is not None:
         log.info("pack of %d trials: %d mask forward passes ran packed", len(runs), pack.packed_forwards)
     errors = [f.exception() for f in futures if f.exception() is not None]
@@ -150,15 +153,22 @@ def _run_members(configs: list, context: dict) -> list:
     return [f.result() for f in futures]
 
 
-def _report_stage(member: int, stage: str) -> None:
+def _report_stage(member: int, stage: str, trial_dir: Path) -> None:
     """Tell Tune a stage finished; the stage's files (network, masks, optimizer state) live in the
     results folder, keyed by trial id, and the Tune checkpoint records which stage it was."""
     from ray import tune
 
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / "stage.json").write_text(json.dumps({"member": member, "stage": stage}))
-        tune.report({"done": 0, "stage": f"{member}: {stage}" if member else stage},
-                    checkpoint=tune.Checkpoint.from_directory(folder))
+        tune.report({"done": 0, "stage": f"{member}: {stage}" if member else stage, "trial_dir": str(trial_dir),
+                     "node_id": _node_id()}, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _node_id() -> str:
+    """The Ray node running this trial (in Tune's results: which node ran each stage)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
 
 
 def _count_attempt(results_dir: Path, config, driver: str) -> tuple[int, bool]:
@@ -225,11 +235,12 @@ def run_sweep(
     gpus_per_trial = _gpu_share(devices, gpus_per_trial)
     check_results_dir(Path(results_dir))
     results_dir = Path(results_dir).resolve()  # Ray runs trials in their own working directories
-    uri = records.tracking_uri(results_dir)
-    records.check_tracking(uri)
     address = address or os.environ.get("RAY_ADDRESS")
+    uri = records.tracking_uri(results_dir)
     if address:
         check_ray_address(address)
+        uri = tracking_uri_for_cluster(uri, ray.util.get_node_ip_address())
+    records.check_tracking(uri)
     if storage_uri:
         Storage(results_dir, storage_uri)  # fails early on a URI pyarrow cannot open
     storage = storage_uri.rstrip("/") + "/ray" if storage_uri else str(results_dir / "ray")
@@ -369,15 +380,58 @@ def _join_cluster(address: str, verbose: bool) -> None:
     else:
         maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
     try:
+        _ask_cluster_once(address)
         ray.init(address=address, include_dashboard=False, ignore_reinit_error=True, log_to_driver=verbose)
     except (ConnectionError, RuntimeError) as error:
         mode = os.environ.get("RAY_AUTH_MODE", "disabled")
         raise ConnectionError(
-            f"cannot join the Ray cluster at {address!r} ({str(error).splitlines()[0][:200]}); authentication mode "
+            f"cannot join the Ray cluster at {address!r} ({str(error).splitlines()[0][:300]}); authentication mode "
             f"here: {mode}. If the head uses token authentication (the default of `ray start --head` since Ray 2.59), "
             "give this machine the head's token: copy the head's ~/.ray/auth_token here or set RAY_AUTH_TOKEN "
             "(see `ray get-auth-token` on the head). Otherwise check the address, or leave --address unset to "
             "run locally") from None
+
+
+def _ask_cluster_once(address: str) -> None:
+    """One request to the head (its cluster id), as ray.init's first step. ray.init repeats a refused
+    request 20 times over 20 s, each time printing a warning line from Ray's C++ core (printed before
+    RAY_BACKEND_LOG_LEVEL applies); here Ray's output of the one try is kept back and its reason raised."""
+    try:
+        from ray._raylet import GcsClient
+    except ImportError:  # another Ray version: ray.init alone
+        return
+    if "://" in address or address == "auto":  # Ray Client or a local cluster: ray.init finds its way
+        return
+    failed = None
+    with tempfile.TemporaryFile(mode="w+") as kept:
+        with _stderr_to(kept):
+            try:
+                GcsClient(address=address)
+            except Exception as error:  # Ray raises RpcError, RuntimeError or others by version
+                failed = error
+        kept.seek(0)
+        output = kept.read()
+    if failed is None:
+        log.debug("Ray's output while reaching %s: %s", address, output)
+        return
+    reasons = [line.split(": ", 1)[-1] for line in output.splitlines() if "gcs_client" in line]
+    raise ConnectionError((reasons or [f"{type(failed).__name__}: {failed}"])[0])
+
+
+@contextlib.contextmanager
+def _stderr_to(file):
+    """File descriptor 2 (Python's and C++'s writes to stderr) goes to `file` for the block."""
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(file.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def progress_reporter(space: dict):
@@ -419,6 +473,21 @@ def _summarise(name, grid, results_dir, uri, parent, seconds, resumed, interrupt
             resumed_trials += bool(set(counts) - {driver})
     return SweepSummary(name, done, failed, total - done - failed, retried, resumed_trials, seconds, results_dir,
                         uri, parent, resumed, interrupted)
+
+
+def tracking_uri_for_cluster(uri: str, driver_ip: str) -> str:
+    """The tracking URI as trials on other nodes must see it: a server the driver names localhost
+    (ray_cluster.yaml's head exports http://localhost:5000) is, on a worker node, that worker itself;
+    name it by the driver's IP instead, which the driver reaches as well (the server listens on all
+    interfaces). Any other URI is returned as it is."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme not in ("http", "https") or parts.hostname not in ("localhost", "127.0.0.1", "0.0.0.0", "::1"):
+        return uri
+    credentials = parts.netloc.rpartition("@")[0]
+    host = f"[{driver_ip}]" if ":" in driver_ip else driver_ip  # an IPv6 address in a URL
+    netloc = (credentials + "@" if credentials else "") + host + (f":{parts.port}" if parts.port else "")
+    log.info("MLflow tracking server %s: trials on every node use %s", uri, netloc)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def check_ray_address(address: str) -> None:
