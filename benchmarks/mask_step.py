@@ -16,6 +16,10 @@ tensor, as in one step) and state the bytes they must move at least: per masked 
 elements, forward reads weight and logits and writes the K-stack of masked weights (4N(2 + K)
 bytes), backward reads weight, logits and the K-stack gradient and writes the logit gradient
 (4N(3 + K) bytes). Bytes over kernel time is the bandwidth they reach. Imports torch only.
+
+On a CPU the fused path makes glibc keep freed memory for reuse (models/masking/cpu_memory.py), for
+the whole process; the script does so before the first case, so that every variant runs under the
+same allocator, and prints whether it took effect (not where MALLOC_* variables are set).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from torch import nn
 
 from models.fnn import FNN_SIZES, build_fnn
 from models.masking import MaskConfig, MaskedModel, make_optimizer, training_step
+from models.masking.cpu_memory import keep_freed_cpu_memory
 from models.masking.sampling import draw_keys, keyed_masked_weight_samples
 
 BATCH, INPUTS, OUTPUTS = 128, 42, 20
@@ -146,8 +151,9 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    kept = keep_freed_cpu_memory() if device.type == "cpu" else False
     print(f"device={device} threads={args.threads} torch={torch.__version__} batch={BATCH} "
-          f"steps={args.steps} repeats={args.repeats}\n")
+          f"steps={args.steps} repeats={args.repeats} glibc-keeps-freed-memory={kept}\n")
     print("| hidden | K | plain ms | eager ms (ratio) | fused ms (ratio) | element-wise MB/step "
           "| element-wise kernels ms | kernels GB/s |")
     print("|---|---|---|---|---|---|---|---|")

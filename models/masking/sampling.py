@@ -7,7 +7,9 @@ sample 1[s > 0.5] is then 1[U > σ(-l)], which needs σ(-l) once per step, not o
 
 The element-wise work over K copies of the weights is the cost of mask training. The fused path
 (keyed_masked_weight_samples) runs it as torch.compile'd kernels that draw the noise in-kernel:
-one pass over the K-stack forward, one backward, no stored uniforms.
+one pass over the K-stack forward, one backward, no stored uniforms. On a CPU these kernels are
+compute-bound (the hash of the noise, twice per element and sample), and the K-stacks they and the
+batched matrix products write are large; see benchmarks/README.md for where a step's time goes.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 from torch import Tensor
+
+from models.masking.cpu_memory import keep_freed_cpu_memory
 
 _CPU_NOISE_CHUNKS = 4  # fixed, so that the noise for a seed does not depend on the thread count
 
@@ -161,22 +165,49 @@ def counter_uniform(key: Tensor, shape: tuple[int, ...], start: int = 0) -> Tens
     (c >> 32, zero below 2^32) perturb the second key half, so no stretch of noise ever repeats.
     Below 2^31 the counter is an int32 `arange` (what a kernel computes fastest).
     """
+    return _uniform_of(counter_bits(key, shape, start))
+
+
+def counter_bits(key: Tensor, shape: tuple[int, ...], start: int = 0) -> Tensor:
+    """The 24 random bits behind counter_uniform, as int32 integers in [0, 2^24): [*shape]."""
     count = 1
     for size in shape:
         count *= size
     if start + count <= 2**31:
-        index = torch.arange(start, start + count, dtype=torch.int32, device=key.device)
-        x = _hash32(_hash32(index ^ key[0]) ^ key[1])
+        return _hashed_bits(torch.arange(start, start + count, dtype=torch.int32, device=key.device), key).view(shape)
+    index = torch.arange(start, start + count, dtype=torch.int64, device=key.device)
+    low = (((index + 2**31) & 0xFFFFFFFF) - 2**31).to(torch.int32)  # c mod 2^32, as signed int32
+    high = _hash32((index >> 32).to(torch.int32))  # 0 where c < 2^32 (the hash maps 0 to 0)
+    return _shift_right(_hash32(_hash32(low ^ key[0]) ^ (key[1] ^ high)), 8).view(shape)
+
+
+def _hashed_bits(counter: Tensor, key: Tensor) -> Tensor:
+    """int32 counters below 2^31 -> their 24 random bits (the top bits of the hash): same shape."""
+    return _shift_right(_hash32(_hash32(counter ^ key[0]) ^ key[1]), 8)
+
+
+def _uniform_of(bits: Tensor) -> Tensor:
+    return bits.to(torch.float32) * (1.0 / (1 << 24))
+
+
+def _keyed_forward(weight: Tensor, logits: Tensor, key: Tensor, num_samples: int,
+                   indices: Tensor | None = None) -> Tensor:
+    """[K, *S] hard-masked weights for counters k·numel + i, i the row-major element index.
+
+    indices: int32 [*S] holding 0 .. numel - 1, or None. On CPU a kernel that loads its element
+    indices runs faster than one that computes them (inductor's C++ assembles a vector `arange`
+    lane by lane, about as costly as one hash round). Either way the counters are the same.
+    The keep test u > σ(-l) runs on the integers behind u: with u = m / 2^24, m an integer,
+    u > t exactly when m > floor(t · 2^24) (a scaling by a power of two is exact), so each sample
+    skips the conversion to float.
+    """
+    if indices is None or num_samples * weight.numel() > 2**31:
+        bits = counter_bits(key, (num_samples, *weight.shape))
     else:
-        index = torch.arange(start, start + count, dtype=torch.int64, device=key.device)
-        low = (((index + 2**31) & 0xFFFFFFFF) - 2**31).to(torch.int32)  # c mod 2^32, as signed int32
-        high = _hash32((index >> 32).to(torch.int32))  # 0 where c < 2^32 (the hash maps 0 to 0)
-        x = _hash32(_hash32(low ^ key[0]) ^ (key[1] ^ high))
-    return (_shift_right(x, 8).to(torch.float32) * (1.0 / (1 << 24))).view(shape)
-
-
-def _keyed_forward(weight: Tensor, logits: Tensor, key: Tensor, num_samples: int) -> Tensor:
-    return _mask_forward(weight, logits, counter_uniform(key, (num_samples, *weight.shape)))
+        first = torch.arange(num_samples, dtype=torch.int32, device=key.device) * weight.numel()
+        bits = _hashed_bits(first.view(-1, *[1] * weight.dim()) + indices, key)
+    threshold = torch.floor(torch.sigmoid(-logits) * (1 << 24)).to(torch.int32)
+    return torch.where(bits > threshold, weight, 0.0)
 
 
 def _keyed_logit_gradient(weight, logits, key, grad_output, temperature):
@@ -207,7 +238,11 @@ class _KeyedMaskedWeight(torch.autograd.Function):
         weight, logits = _layout(weight.detach(), ctx.transposed), _layout(logits.detach(), ctx.transposed)
         ctx.save_for_backward(weight, logits, key)
         ctx.temperature = temperature
-        return _unlayout(_keyed_kernels()[0](weight, logits, key, num_samples), ctx.transposed)
+        indices = None
+        if weight.device.type == "cpu":
+            keep_freed_cpu_memory()
+            indices = _element_indices(weight.shape, num_samples)
+        return _unlayout(_keyed_kernels()[0](weight, logits, key, num_samples, indices), ctx.transposed)
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
@@ -221,6 +256,20 @@ class _KeyedMaskedWeight(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_weight = _unlayout(weight_gradient(logits, key, grad_output), ctx.transposed)
         return grad_weight, grad_logits, None, None, None
+
+
+_cpu_indices = [torch.empty(0, dtype=torch.int32)]  # one cached tensor, grown to the largest masked tensor
+
+
+def _element_indices(shape: torch.Size, num_samples: int) -> Tensor | None:
+    """0 .. numel - 1 as int32 [*shape], a view of one cached CPU tensor, for _keyed_forward to load;
+    None where the counters of K samples pass 2^31 (the kernel then computes 64-bit counters)."""
+    count = shape.numel()
+    if num_samples * count > 2**31:
+        return None
+    if _cpu_indices[0].numel() < count:
+        _cpu_indices[0] = torch.arange(count, dtype=torch.int32)
+    return _cpu_indices[0][:count].view(shape)
 
 
 def _layout(x: Tensor, transposed: bool) -> Tensor:

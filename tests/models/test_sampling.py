@@ -102,3 +102,43 @@ def test_counter_noise_is_laid_out_row_major_over_a_large_k_stack():
     key = torch.tensor([3, 4], dtype=torch.int32)
     stack = counter_uniform(key, (3, 5, 7))
     assert torch.equal(stack[2].flatten(), counter_uniform(key, (35,), start=70))
+
+
+# -- the fused forward kernel: loaded indices, integer keep test ----------------------------------
+
+@pytest.mark.parametrize("shape", [(7, 5), (3, 4, 6), (33,)])
+def test_fused_forward_keeps_exactly_where_the_counter_uniform_exceeds_sigmoid_minus_logit(shape):
+    """Bit for bit against the keep rule u > σ(-l) on uniforms materialised by counter_uniform, for
+    both ways the forward gets its counters (element indices loaded on CPU, computed elsewhere)
+    and with logits that put σ(-l) near 0, near 1 and at 1/2."""
+    from models.masking.sampling import _element_indices, _keyed_forward, counter_uniform
+
+    K = 3
+    weight = torch.randn(shape)
+    logits = torch.randn(shape) * 4
+    logits.view(-1)[:3] = torch.tensor([-30.0, 30.0, 0.0])
+    key = torch.tensor([-5, 77], dtype=torch.int32)
+    expected = torch.where(counter_uniform(key, (K, *shape)) > torch.sigmoid(-logits), weight, 0.0)
+    indices = _element_indices(torch.Size(shape), K)
+    assert torch.equal(indices.flatten(), torch.arange(weight.numel(), dtype=torch.int32))
+    assert torch.equal(_keyed_forward(weight, logits, key, K, indices), expected)
+    assert torch.equal(_keyed_forward(weight, logits, key, K), expected)
+
+
+def test_integer_keep_threshold_equals_the_float_comparison():
+    """m / 2^24 > t exactly when m > floor(t · 2^24), for integers m near the threshold of every t,
+    including thresholds on the 2^-24 grid (where > and >= differ), 0, 1 and tiny t."""
+    grid = torch.tensor([0, 1, 2, 12345, 2**23, 2**24 - 1, 2**24], dtype=torch.float64) / 2**24
+    t = torch.cat([torch.rand(2000, dtype=torch.float64), grid, torch.tensor([1e-30, 1 - 2**-24])]).float()
+    threshold = torch.floor(t * (1 << 24)).to(torch.int32)
+    for offset in (-1, 0, 1, 2):
+        m = (threshold + offset).clamp(0, 2**24 - 1)
+        float_rule = m.double() / 2**24 > t.double()  # exact in float64, independent of the float32 path
+        assert torch.equal(m > threshold, float_rule)
+
+
+def test_element_indices_are_not_made_where_the_counters_need_64_bits():
+    """K · numel above 2^31: no index tensor is allocated (the kernel computes 64-bit counters)."""
+    from models.masking.sampling import _element_indices
+
+    assert _element_indices(torch.Size([2**20, 2**10]), 3) is None
