@@ -218,9 +218,22 @@ def _keyed_weight_gradient(logits, key, grad_output):
     return _weight_gradient(logits, counter_uniform(key, grad_output.shape), grad_output)
 
 
-@functools.cache
 def _keyed_kernels():
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
+    # Each kernel is compiled once per tensor rank and index path (a handful of graphs, shapes being
+    # dynamic), more than dynamo's default of 8 per function, past which it would run them eagerly.
+    # Dynamo's settings are per thread (masks training in a pack, Tune's trainable thread, the
+    # autograd engine's device threads run backward on a GPU), so the limit is raised in every thread
+    # that calls a kernel.
+    if torch._dynamo.config.recompile_limit < _RECOMPILE_LIMIT:
+        torch._dynamo.config.recompile_limit = _RECOMPILE_LIMIT
+    return _compiled_kernels()
+
+
+_RECOMPILE_LIMIT = 32
+
+
+@functools.cache
+def _compiled_kernels():
     return tuple(torch.compile(f, dynamic=True) for f in (_keyed_forward, _keyed_logit_gradient,
                                                           _keyed_weight_gradient))
 

@@ -148,3 +148,23 @@ def test_attention_fast_path_setting_is_restored_after_threads_leave():
     pack = MaskPack()
     assert _train_together([_Member(net, 1e-4, s, _sequences(16), False, pack) for s in (1, 2)]) == []
     assert torch.backends.mha.get_fastpath_enabled() == before
+
+
+def test_fused_kernels_stay_compiled_in_other_threads():
+    """Dynamo's recompile limit is a per-thread setting (8 by default): a mask training in a pack's
+    thread gets the fused kernels' higher limit too (past the limit dynamo silently runs them eagerly)."""
+    import torch._dynamo
+
+    _Member(_fnn(), 1e-4, 1, _classification(32), True).train()  # the kernels first run in this thread
+    seen = []
+
+    def train():
+        assert torch._dynamo.config.recompile_limit == 8  # a fresh thread: dynamo's default
+        member = _Member(UnseenModel().eval(), 1e-4, 1, _sequences(32), True)
+        member.train()
+        seen.append(torch._dynamo.config.recompile_limit)
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    thread.join(timeout=120)
+    assert seen and seen[0] >= 32
