@@ -81,9 +81,9 @@ def test_the_fused_kernels_draw_their_noise_on_the_weights_device():
     assert [tuple(o.shape) for o in outputs] == [(4, 8, 6), (8, 6), (8, 6)]
 
 
-def test_models_and_the_mask_step_benchmark_import_with_torch_alone():
+def test_models_and_the_mask_step_benchmarks_import_with_torch_alone():
     """No Ray, no MLflow: they must run on a machine that has only torch."""
     code = ("import sys; sys.modules.update(ray=None, mlflow=None); "
-            "import models, benchmarks.mask_step")
+            "import models, models.masking.packing, benchmarks.mask_step, benchmarks.packed_masks")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
