@@ -9,16 +9,11 @@ import pytest
 import torch
 
 from pipeline.sweep import run_sweep
+from tests.pipeline.test_sweep import local_tracking  # noqa: F401 (an autouse fixture: no cluster, a local store)
 
 TINY = {"pretrain.steps": "40", "mask.steps": "30", "eval_size": "64", "checkpoint_every": "10", "mask.fused": "false"}
 BETAS = {1e-5, 1e-4, 1e-3}  # the smoke grid of alpha-sensitivity
 pytestmark = pytest.mark.slow  # real Ray: tens of seconds each
-
-
-@pytest.fixture(autouse=True)
-def local_tracking(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
 
 
 def _sweep(results_dir, **kwargs):
