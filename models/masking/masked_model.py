@@ -28,6 +28,7 @@ from models.masking.config import MaskConfig, ParameterFilter
 from models.masking.masks import Masks
 from models.masking.sampling import (
     draw_keys,
+    fits_one_pack_kernel,
     keyed_masked_weight_samples,
     masked_weight_samples,
     masked_weight_samples_reference,
@@ -176,11 +177,26 @@ class MaskedModel(nn.Module):
         return self.forward_with_uniforms(self.sample_uniforms(), *inputs, **options)
 
     def forward_with_keys(self, keys: list[Tensor], *inputs, **options):
-        """Fused path: the noise of parameter i is keyed_uniforms(keys[i], ...), drawn in-kernel."""
-        K, temperature = self.config.num_samples, self.config.temperature
-        stacked, shared = self._masked_weight_stacks(
-            lambda weight, logit, i: keyed_masked_weight_samples(weight, logit, keys[i], K, temperature))
+        """Fused path: the noise of parameter i is keyed_uniforms(keys[i], ...), drawn in-kernel.
+        In a pack, the pack draws the weight stacks of all its members in one kernel per parameter."""
+        if self._packs_keyed():
+            with attention_fast_path_disabled():
+                outputs = self.pack.keyed_forward(self, keys, self._slice(inputs), options)
+                return self._joined(outputs, inputs, options)
+        stacked, shared = self.keyed_stacks(keys)
         return self._run_samples(stacked, shared, inputs, options)
+
+    def keyed_stacks(self, keys: list[Tensor]) -> tuple[dict, dict]:
+        """({name: [K, *S] masked weights}, {name: unmasked parameter}) for the fused path's keys."""
+        K, temperature = self.config.num_samples, self.config.temperature
+        return self._masked_weight_stacks(
+            lambda weight, logit, i: keyed_masked_weight_samples(weight, logit, keys[i], K, temperature))
+
+    def _packs_keyed(self) -> bool:
+        """A pack can draw this mask's weight stacks together with other members' (frozen weights,
+        the batched path verified, int32 counters enough)."""
+        return (self.pack is not None and self._vmap_verified and self.batched and not self.train_weights
+                and all(fits_one_pack_kernel(l, self.config.num_samples) for l in self.logits))
 
     def forward_with_uniforms(self, uniforms: list[Tensor], *inputs, **options):
         """The forward pass for given noise (one [K, *S] uniform tensor per masked parameter)."""

@@ -28,6 +28,8 @@ import torch
 from torch import Tensor
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from models.masking.sampling import keyed_masked_weight_pack
+
 
 @dataclass(eq=False)
 class _Request:
@@ -83,6 +85,15 @@ class MaskPack:
         return self._submit(_Request("forward", lambda: masked.run_vmapped(stacked, shared, sliced, options),
                                      (work,)))
 
+    def keyed_forward(self, masked, keys: list[Tensor], sliced: list, options: dict):
+        """As forward, for a fused mask given its noise keys: the pack draws every member's weight
+        stacks in one kernel per parameter (no per-member stacks to copy into a joint one)."""
+        work = _KeyedForward(masked, keys, sliced, options, ("keyed", masked.config.num_samples,
+                             masked.config.temperature, *_signature(masked, masked.logits_by_name(), {}, sliced,
+                                                                    options)))
+        return self._submit(_Request("forward", lambda: masked.run_vmapped(*masked.keyed_stacks(keys), sliced, options),
+                                     (work,)))
+
     def backward(self, loss: Tensor) -> None:
         """loss.backward(), run together with the other members' backward passes."""
         self._submit(_Request("backward", loss.backward, (loss,)))
@@ -126,13 +137,50 @@ class MaskPack:
         self.packed_forwards += len(group)
         works = [r.payload[0] for r in group]
         first = works[0]
-        counts = [next(iter(w.stacked.values())).shape[0] for w in works]
-        stacked = {name: _cat_samples([w.stacked[name] for w in works]) for name in first.stacked}
+        if isinstance(first, _KeyedForward):
+            stacked, shared = _keyed_pack_stacks(works)
+            counts = [w.masked.config.num_samples for w in works]
+        else:
+            stacked = {name: _cat_samples([w.stacked[name] for w in works]) for name in first.stacked}
+            shared, counts = first.shared, [next(iter(w.stacked.values())).shape[0] for w in works]
         sliced = _concatenate([w.sliced for w in works])
-        outputs = first.masked.run_vmapped(stacked, first.shared, sliced, first.options)
+        outputs = first.masked.run_vmapped(stacked, shared, sliced, first.options)
         leaves, spec = tree_flatten(outputs)
         parts = [x.split(counts) if torch.is_tensor(x) else [x] * len(works) for x in leaves]
         return [tree_unflatten([p[i] for p in parts], spec) for i in range(len(works))]
+
+
+@dataclass(eq=False)
+class _KeyedForward:
+    """One fused member's forward: its noise keys (one [2] per masked parameter) and sliced inputs."""
+
+    masked: Any  # MaskedModel
+    keys: list[Tensor]
+    sliced: list
+    options: dict
+    signature: tuple = field(default=())
+
+
+def _keyed_pack_stacks(works: list[_KeyedForward]) -> tuple[dict, dict]:
+    """Every member's K-stacks of every masked parameter, drawn in one kernel per parameter:
+    ({name: [M·K, *S]}, {name: unmasked parameter}). The frozen weights are the first member's
+    (all members' are equal: the signature holds their content hash)."""
+    first = works[0].masked
+    weights = first.effective_weights()
+    config = first.config
+    stacked = {}
+    for i, name in enumerate(first.names):
+        logits = _stack_like([w.masked.logits[i] for w in works])
+        keys = torch.stack([w.keys[i] for w in works])
+        stacked[name] = keyed_masked_weight_pack(weights[name], logits, keys, config.num_samples, config.temperature)
+    return stacked, {n: w for n, w in weights.items() if n not in stacked}
+
+
+def _stack_like(parts: list[Tensor]) -> Tensor:
+    """[*S] tensors -> [M, *S] in their memory layout (logits of matrices are stored transposed)."""
+    if parts[0].dim() == 2 and not parts[0].is_contiguous() and parts[0].t().is_contiguous():
+        return torch.stack([p.t() for p in parts]).transpose(-1, -2)
+    return torch.stack(parts)
 
 
 def _backward(losses: list[Tensor]) -> None:

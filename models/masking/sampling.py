@@ -219,6 +219,11 @@ def _keyed_weight_gradient(logits, key, grad_output):
 
 
 def _keyed_kernels():
+    _raise_recompile_limit()
+    return _compile(_keyed_forward, _keyed_logit_gradient, _keyed_weight_gradient)
+
+
+def _raise_recompile_limit() -> None:
     # Each kernel is compiled once per tensor rank and index path (a handful of graphs, shapes being
     # dynamic), more than dynamo's default of 8 per function, past which it would run them eagerly.
     # Dynamo's settings are per thread (masks training in a pack, Tune's trainable thread, the
@@ -226,16 +231,87 @@ def _keyed_kernels():
     # that calls a kernel.
     if torch._dynamo.config.recompile_limit < _RECOMPILE_LIMIT:
         torch._dynamo.config.recompile_limit = _RECOMPILE_LIMIT
-    return _compiled_kernels()
 
 
 _RECOMPILE_LIMIT = 32
 
 
 @functools.cache
-def _compiled_kernels():
-    return tuple(torch.compile(f, dynamic=True) for f in (_keyed_forward, _keyed_logit_gradient,
-                                                          _keyed_weight_gradient))
+def _compile(*functions):
+    return tuple(torch.compile(f, dynamic=True) for f in functions)
+
+
+# -- several masks over one weight in one kernel (a pack) -------------------------------------------
+# Member m of a pack draws exactly the noise it draws alone: counters over its own (K, *S), hashed
+# with its own key. The kernels only broadcast the key halves over a leading member dimension.
+def _member_key_halves(keys: Tensor, weight_dim: int) -> Tensor:
+    """keys [M, 2] -> [2, M, 1, 1, ...]: key[0], key[1] broadcast against [K, *S] counters."""
+    return keys.t().reshape(2, keys.shape[0], *[1] * (weight_dim + 1))
+
+
+def _pack_forward(weight: Tensor, logits: Tensor, keys: Tensor, num_samples: int, indices: Tensor | None) -> Tensor:
+    """weight [*S], logits [M, *S], keys [M, 2] -> [M, K, *S]; member m's part is
+    _keyed_forward(weight, logits[m], keys[m], K, indices)."""
+    if indices is None:
+        counters = torch.arange(num_samples * weight.numel(), dtype=torch.int32, device=keys.device)
+        counters = counters.view(num_samples, *weight.shape)
+    else:
+        first = torch.arange(num_samples, dtype=torch.int32, device=keys.device) * weight.numel()
+        counters = first.view(-1, *[1] * weight.dim()) + indices
+    bits = _hashed_bits(counters, _member_key_halves(keys, weight.dim()))
+    threshold = torch.floor(torch.sigmoid(-logits) * (1 << 24)).to(torch.int32).unsqueeze(1)
+    return torch.where(bits > threshold, weight, 0.0)
+
+
+def _pack_logit_gradient(weight: Tensor, logits: Tensor, keys: Tensor, grad_output: Tensor,
+                         temperature: float) -> Tensor:
+    """grad_output [M, K, *S] -> [M, *S]; member m's part is _keyed_logit_gradient's for it."""
+    counters = torch.arange(grad_output[0].numel(), dtype=torch.int32, device=keys.device).view(grad_output.shape[1:])
+    uniform = _uniform_of(_hashed_bits(counters, _member_key_halves(keys, weight.dim())))
+    soft = soft_sample(logits.unsqueeze(1), uniform, temperature)
+    return (grad_output * (soft - soft * soft)).sum(1) * (weight / temperature)
+
+
+class _KeyedMaskPack(torch.autograd.Function):
+    """M masks' K samples each of one frozen weight, in one forward and one backward kernel."""
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, logits: Tensor, keys: Tensor, num_samples: int, temperature: float) -> Tensor:
+        ctx.transposed = weight.dim() == 2
+        weight, logits = _layout(weight.detach(), ctx.transposed), _layout(logits.detach(), ctx.transposed)
+        ctx.save_for_backward(weight, logits, keys)
+        ctx.temperature, ctx.num_samples = temperature, num_samples
+        indices = None
+        if weight.device.type == "cpu":
+            keep_freed_cpu_memory()
+            indices = _element_indices(weight.shape, num_samples)
+        _raise_recompile_limit()
+        forward = _compile(_pack_forward, _pack_logit_gradient)[0]
+        return _unlayout(forward(weight, logits, keys, num_samples, indices).flatten(0, 1), ctx.transposed)
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        weight, logits, keys = ctx.saved_tensors
+        if ctx.needs_input_grad[0]:
+            raise RuntimeError("a pack of masks never trains the weights it masks")
+        _raise_recompile_limit()
+        grad_output = _layout(grad_output, ctx.transposed).unflatten(0, (keys.shape[0], ctx.num_samples))
+        gradient = _compile(_pack_forward, _pack_logit_gradient)[1](weight, logits, keys, grad_output, ctx.temperature)
+        return None, _unlayout(gradient, ctx.transposed), None, None, None
+
+
+def fits_one_pack_kernel(weight: Tensor, num_samples: int) -> bool:
+    """Whether K samples' counters of this weight stay below 2^31 (the pack kernels' int32 counters)."""
+    return num_samples * weight.numel() <= 2**31
+
+
+def keyed_masked_weight_pack(weight: Tensor, logits: Tensor, keys: Tensor, num_samples: int,
+                             temperature: float = 1.0) -> Tensor:
+    """M masks' K hard-masked copies of one frozen weight: [M·K, *S], rows m·K .. m·K + K - 1 being
+    keyed_masked_weight_samples(weight, logits[m], keys[m], K) bit for bit.
+
+    weight [*S] (no gradient); logits [M, *S]; keys int32 [M, 2]."""
+    return _KeyedMaskPack.apply(weight, logits, keys, num_samples, temperature)
 
 
 class _KeyedMaskedWeight(torch.autograd.Function):

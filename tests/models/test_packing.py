@@ -168,3 +168,26 @@ def test_fused_kernels_stay_compiled_in_other_threads():
     thread.start()
     thread.join(timeout=120)
     assert seen and seen[0] >= 32
+
+
+@pytest.mark.parametrize("shape", [(30, 20), (7,), (4, 3, 3, 3)], ids=["matrix", "vector", "conv"])
+def test_one_kernel_draws_every_members_samples_as_each_draws_them_alone(shape):
+    """keyed_masked_weight_pack: M masks' K samples of one weight in one kernel, forward and logit
+    gradient equal to M calls of keyed_masked_weight_samples bit for bit (and laid out alike)."""
+    from models.masking.sampling import draw_keys, keyed_masked_weight_pack, keyed_masked_weight_samples
+
+    members, samples = 3, 4
+    weight = torch.randn(*shape)
+    stored = [torch.randn(*shape[::-1]).t() if len(shape) == 2 else torch.randn(*shape) for _ in range(members)]
+    logits = [s.detach().requires_grad_() for s in stored]  # matrices stored transposed, as MaskedModel does
+    keys = draw_keys(members, "cpu", torch.Generator().manual_seed(1))
+    upstream = torch.randn(members * samples, *shape)
+
+    alone = torch.cat([keyed_masked_weight_samples(weight, l, k, samples) for l, k in zip(logits, keys)])
+    alone_grads = torch.autograd.grad((alone * upstream).sum(), logits)
+    joint = torch.stack([l.t() for l in logits]).transpose(-1, -2) if len(shape) == 2 else torch.stack(logits)
+    packed = keyed_masked_weight_pack(weight, joint, torch.stack(keys), samples)
+    packed_grads = torch.autograd.grad((packed * upstream).sum(), logits)
+
+    assert torch.equal(packed, alone)
+    assert all(torch.equal(a, b) for a, b in zip(alone_grads, packed_grads))
