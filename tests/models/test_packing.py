@@ -173,7 +173,7 @@ def test_fused_kernels_stay_compiled_in_other_threads():
 @pytest.mark.parametrize("shape", [(30, 20), (7,), (4, 3, 3, 3)], ids=["matrix", "vector", "conv"])
 def test_one_kernel_draws_every_members_samples_as_each_draws_them_alone(shape):
     """keyed_masked_weight_pack: M masks' K samples of one weight in one kernel, forward and logit
-    gradient equal to M calls of keyed_masked_weight_samples bit for bit (and laid out alike)."""
+    gradient equal to M calls of keyed_masked_weight_samples bit for bit."""
     from models.masking.sampling import draw_keys, keyed_masked_weight_pack, keyed_masked_weight_samples
 
     members, samples = 3, 4
