@@ -120,8 +120,8 @@ def run_command(experiment: str, seed: int, assignments: tuple[str, ...], smoke:
               help="Retries of a trial that dies or raises.")
 @click.option("--pack-size", type=click.IntRange(min=1), default=None,
               help="Trials that differ only in mask settings (grid axes mask.*) train their masks in one "
-                   "pass, up to this many per Tune trial (default: 16 with device=cuda, 1 = no packing on a "
-                   "CPU, where it measured slower). Resources are per pack.")
+                   "pass, up to this many per Tune trial (default: 16 with device=cuda, 4 on a CPU; 1: no "
+                   "packing). Resources are per pack.")
 @click.option("--resume/--no-resume", default=None,
               help="Resume the interrupted sweep (the default when its state exists); --no-resume starts anew.")
 @_data_dir_option

@@ -33,16 +33,17 @@ log = logging.getLogger(__name__)
 
 SMOKE_SEEDS = 2  # --smoke runs 2 seeds unless --seeds says otherwise
 PACKABLE_PREFIX = "mask."  # grid axes whose trials share everything before the mask stage
-MAX_PACK = 16  # trials per pack when --pack-size is not given
+MAX_PACK = 16  # trials per pack by default with device=cuda
+MAX_PACK_CPU = 4  # ... and on a CPU (measured: packs of 3 even to 8 % faster, 16 slower; benchmarks/README.md)
 GPUS_PER_TRIAL_ON_CUDA = 0.25  # GPU share of a trial (or pack) with device=cuda and no --gpus-per-trial
 
 
-def param_space(spec: SweepSpec, seeds: int, smoke: bool, overrides: dict, pack_size: int | None = None) -> dict:
+def param_space(spec: SweepSpec, seeds: int, smoke: bool, overrides: dict, pack_size: int = MAX_PACK_CPU) -> dict:
     """Tune's grid: seeds are a grid axis (num_samples would repeat the whole grid).
 
     Grid axes of the mask stage (`mask.*`: β...) change nothing before the masks, so their grid
     points share one pretrained network and can train their masks in one pass: they are grouped
-    into packs of at most `pack_size` trials (None: up to MAX_PACK; 1: no packs), a "pack" axis of
+    into packs of at most `pack_size` trials (1: no packs), a "pack" axis of
     {"label": ..., "members": [{key: value}, ...]}. Tune schedules packs; each member stays its own trial.
     """
     from ray import tune
@@ -282,9 +283,9 @@ def _trial_devices(spec: SweepSpec, smoke: bool, overrides: dict) -> set[str]:
 
 
 def default_pack_size(devices: set[str]) -> int:
-    """Packs on a GPU, where M small passes are launch-bound; none on a CPU, where packing measured
-    slower (threads handing rounds over, the joint weight stacks copied: benchmarks/README.md)."""
-    return MAX_PACK if any(d.startswith("cuda") for d in devices) else 1
+    """Large packs on a GPU, where M small passes are launch-bound; small ones on a CPU, where a pack
+    of 3 made a sweep up to 8 % faster and packs of 16 made mask steps slower (benchmarks/README.md)."""
+    return MAX_PACK if any(d.startswith("cuda") for d in devices) else MAX_PACK_CPU
 
 
 def _gpu_share(devices: set[str], gpus_per_trial: float) -> float:

@@ -3,7 +3,7 @@
 import pytest
 
 from pipeline.experiments import get_sweep
-from pipeline.sweep import (GPUS_PER_TRIAL_ON_CUDA, MAX_PACK, _gpu_share, _trial_devices, default_pack_size,
+from pipeline.sweep import (GPUS_PER_TRIAL_ON_CUDA, MAX_PACK, MAX_PACK_CPU, _gpu_share, _trial_devices, default_pack_size,
                             member_configs, packs, param_space)
 
 
@@ -24,7 +24,7 @@ def _grid(space: dict) -> dict:
 
 def test_only_mask_axes_are_packed_and_each_member_is_one_grid_point():
     spec = get_sweep("alpha-sensitivity")
-    packed = _grid(param_space(spec, 2, True, {}, None))
+    packed = _grid(param_space(spec, 2, True, {}, 4))
     assert set(packed) == {"experiment", "seed", "model.size", "pack"}  # β moved into the packs
     assert len(packed["pack"]) == 1 and packed["pack"][0]["label"] == "mask.beta=1e-05,0.0001,0.001"
     unpacked = _grid(param_space(spec, 2, True, {}, 1))
@@ -42,4 +42,4 @@ def test_only_mask_axes_are_packed_and_each_member_is_one_grid_point():
 def test_trials_on_cuda_reserve_a_gpu_share_and_pack_by_default(overrides, asked, expected):
     devices = _trial_devices(get_sweep("sharing-vs-capacity"), True, overrides)
     assert _gpu_share(devices, asked) == expected
-    assert default_pack_size(devices) == (MAX_PACK if "device" in overrides else 1)
+    assert default_pack_size(devices) == (MAX_PACK if "device" in overrides else MAX_PACK_CPU)
