@@ -15,6 +15,7 @@ import os
 import queue
 import socket
 import tempfile
+import threading
 import time
 import urllib.parse
 import uuid
@@ -138,20 +139,35 @@ def _run_members(configs: list, context: dict) -> list:
 
     events: queue.Queue = queue.Queue()
     pack = MaskPack() if len(configs) > 1 else None
-    runs = [_member_run(config, context, lambda stage, i=i: events.put((i, stage))) for i, config in enumerate(configs)]
+    runs = [_member_run(config, context, _stage_reporter(events, i)) for i, config in enumerate(configs)]
     folders = [Path(context["results_dir"]) / "trials" / trial_id(c, task_of(c).version) for c in configs]
     with ThreadPoolExecutor(len(runs), thread_name_prefix="pack-member") as pool:
         futures = [pool.submit(run, pack) for run in runs]
         while not all(f.done() for f in futures) or not events.empty():
             with contextlib.suppress(queue.Empty):
-                member, stage = events.get(timeout=1.0)
-                _report_stage(member, stage, folders[member])
+                member, stage, reported = events.get(timeout=1.0)
+                try:
+                    _report_stage(member, stage, folders[member])
+                finally:
+                    reported.set()
     if pack is not None:
         log.info("pack of %d trials: %d mask forward passes ran packed", len(runs), pack.packed_forwards)
     errors = [f.exception() for f in futures if f.exception() is not None]
     if errors:
         raise errors[0]
     return [f.result() for f in futures]
+
+
+def _stage_reporter(events: queue.Queue, member: int):
+    """on_stage for a member's thread: the stage goes to the thread that talks to Tune, and the member
+    goes on once Tune has it (a node lost right after a stage must not lose that stage's report)."""
+
+    def report(stage: str) -> None:
+        reported = threading.Event()
+        events.put((member, stage, reported))
+        reported.wait()
+
+    return report
 
 
 def _report_stage(member: int, stage: str, trial_dir: Path) -> None:

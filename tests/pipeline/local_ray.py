@@ -3,6 +3,7 @@ exactly the processes it started (other Ray instances on the machine are left al
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -59,7 +61,10 @@ def node_processes(temp_dir: Path) -> list[int]:
             if not pid_dir.name.isdigit():
                 continue
             pid = int(pid_dir.name)
-            parents[pid] = int((pid_dir / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            state, parent = (pid_dir / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+            if state in ("Z", "X"):  # dead, only not yet reaped
+                continue
+            parents[pid] = int(parent)
             if str(temp_dir) in (pid_dir / "cmdline").read_bytes().decode(errors="replace"):
                 found.add(pid)
         except (OSError, ValueError, IndexError):
@@ -72,14 +77,18 @@ def node_processes(temp_dir: Path) -> list[int]:
     return sorted(found)
 
 
-def stop_node(temp_dir: Path, remove: bool = True) -> int:
-    """SIGKILL the node's processes, and only those: what a machine that dies does. -> how many."""
-    pids = node_processes(temp_dir)
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            continue
+def stop_node(temp_dir: Path, remove: bool = True, timeout: float = 15.0) -> int:
+    """SIGKILL the node's processes, and only those: what a machine that dies does. Repeated until
+    none is left (a process may start one more while it is being killed; a killed one takes a
+    moment to go). -> how many were killed."""
+    killed: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while (pids := node_processes(temp_dir)) and time.monotonic() < deadline:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        killed |= set(pids)
+        time.sleep(0.2)
     if remove:
         shutil.rmtree(temp_dir, ignore_errors=True)
-    return len(pids)
+    return len(killed)
