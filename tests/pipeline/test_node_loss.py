@@ -99,9 +99,12 @@ def test_trial_on_a_lost_node_finishes_on_another_node_from_its_last_checkpoint(
     assert json.loads((trial_dir / "attempts.json").read_text()).popitem()[1] == 2  # one retry, one driver
 
     # the retry ran on the new node and did not redo what the lost one had finished
+    # (the lost attempt's last report, "mask add", may die with the node before the driver records it)
     reports = _tune_reports(results, trial_dir)
-    assert [r["stage"] for r in reports] == ["pretrain", "mask add", "pretrain", "mask add", "mask mul", "mask full",
-                                             "evaluate"]
+    stages = [r["stage"] for r in reports]
+    retry = len(stages) - 1 - stages[::-1].index("pretrain")
+    assert stages[:retry] in (["pretrain"], ["pretrain", "mask add"]), stages
+    assert stages[retry:] == ["pretrain", "mask add", "mask mul", "mask full", "evaluate"]
     assert reports[0]["node_id"] != reports[-1]["node_id"]
     assert {path: path.stat().st_mtime_ns for path in kept} == stamps and len(kept) >= 5
     # the retried second mask started at its checkpoint's step: tqdm's first line on the new node
