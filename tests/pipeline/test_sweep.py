@@ -159,6 +159,7 @@ def test_interrupted_sweep_says_so_exits_130_and_leaves_no_run_running(tmp_path)
         (["sweep", "sharing-vs-capacity", "--address", "127.0.0.1:9"], "cannot reach the Ray cluster"),
         (["sweep", "sharing-vs-capacity", "--resume"], "nothing to resume"),
         (["sweep", "alpha-sensitivity", "--set", "mask.num_samples=3"], "not divisible"),
+        (["sweep", "alpha-sensitivity", "--pack-size", "0"], "0 is not in the range x>=1"),
     ],
 )
 def test_sweep_bad_input(tmp_path, arguments, message):

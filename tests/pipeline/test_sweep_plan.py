@@ -43,3 +43,11 @@ def test_trials_on_cuda_reserve_a_gpu_share_and_pack_by_default(overrides, asked
     devices = _trial_devices(get_sweep("sharing-vs-capacity"), True, overrides)
     assert _gpu_share(devices, asked) == expected
     assert default_pack_size(devices) == (MAX_PACK if "device" in overrides else MAX_PACK_CPU)
+
+
+def test_a_pack_size_below_one_is_refused_before_anything_starts(tmp_path):
+    from pipeline.sweep import run_sweep
+
+    with pytest.raises(ValueError, match="pack size must be >= 1"):
+        run_sweep("alpha-sensitivity", tmp_path, smoke=True, pack_size=0)
+    assert not (tmp_path / "trials").exists()
