@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -24,10 +25,11 @@ from pathlib import Path
 
 from pipeline import records
 from pipeline.config import override
-from pipeline.experiments import SweepSpec, get_experiment, get_sweep, task_of, validate
+from pipeline.experiments import SweepSpec, get_experiment, get_sweep, validate
 from pipeline.run import check_results_dir, run_trial
 from pipeline.stages import trial_id, write_json_atomic
 from pipeline.storage import Storage
+from tasks.registry import get_task
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +142,7 @@ def _run_members(configs: list, context: dict) -> list:
     events: queue.Queue = queue.Queue()
     pack = MaskPack() if len(configs) > 1 else None
     runs = [_member_run(config, context, _stage_reporter(events, i)) for i, config in enumerate(configs)]
-    folders = [Path(context["results_dir"]) / "trials" / trial_id(c, task_of(c).version) for c in configs]
+    folders = [trial_folder(Path(context["results_dir"]), c) for c in configs]
     with ThreadPoolExecutor(len(runs), thread_name_prefix="pack-member") as pool:
         futures = [pool.submit(run, pack) for run in runs]
         while not all(f.done() for f in futures) or not events.empty():
@@ -188,10 +190,22 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
+def trial_folder(results_dir: Path, config) -> Path:
+    """Where a trial keeps its files (pipeline.stages.TrialContext.trial_dir), without a context."""
+    return results_dir / "trials" / trial_id(config, _task_version(config.task, config.task_options, config.data_dir))
+
+
+@functools.lru_cache(maxsize=64)
+def _task_version(task: str, options, data_dir: str) -> int:
+    """The version of a trial's task, its task built once for all trials that share it (the summary
+    asks for every trial of a sweep)."""
+    return get_task(task, options, data_dir or None).version
+
+
 def _count_attempt(results_dir: Path, config, driver: str) -> tuple[int, bool]:
     """Attempts of this trial under this driver run (a second one is a retry after a failure; an
     attempt under a later driver is a resume), kept beside its files. -> (attempt, first ever)."""
-    folder = results_dir / "trials" / trial_id(config, task_of(config).version)
+    folder = trial_folder(results_dir, config)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "attempts.json"
     counts = json.loads(path.read_text()) if path.exists() else {}
@@ -480,7 +494,7 @@ def _summarise(name, grid, results_dir, uri, parent, seconds, resumed, interrupt
     done = failed = retried = resumed_trials = total = 0
     for result in grid:
         for config in member_configs(result.config):
-            folder = results_dir / "trials" / trial_id(config, task_of(config).version)
+            folder = trial_folder(results_dir, config)
             finished = (folder / "recorded.json").exists()
             total += 1
             done += finished

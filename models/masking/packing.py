@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -43,14 +43,16 @@ class _Request:
 
 @dataclass(eq=False)
 class _Forward:
-    """One member's masked forward, ready to run: its weight stacks and its sliced inputs."""
+    """One member's masked forward, ready to run: its sliced inputs and either its weight stacks or,
+    for a fused mask, its noise keys (the pack then draws the stacks of all members at once)."""
 
     masked: Any  # MaskedModel
-    stacked: dict[str, Tensor]  # name -> [K, *S]
-    shared: dict[str, Tensor]  # unmasked parameters, the same values for every member
     sliced: list  # positional inputs, every tensor [K, ...]
     options: dict
-    signature: tuple = field(default=())
+    signature: tuple
+    stacked: dict[str, Tensor] | None = None  # name -> [K, *S]
+    shared: dict[str, Tensor] | None = None  # unmasked parameters, the same values for every member
+    keys: list[Tensor] | None = None  # one int32 [2] per masked parameter
 
 
 class MaskPack:
@@ -81,16 +83,16 @@ class MaskPack:
     # -- what a member calls ------------------------------------------------------------------------
     def forward(self, masked, stacked: dict, shared: dict, sliced: list, options: dict):
         """The member's [K, ...] outputs tree, computed together with the other members' forwards."""
-        work = _Forward(masked, stacked, shared, sliced, options, _signature(masked, stacked, shared, sliced, options))
+        work = _Forward(masked, sliced, options, _signature(masked, stacked, shared, sliced, options), stacked, shared)
         return self._submit(_Request("forward", lambda: masked.run_vmapped(stacked, shared, sliced, options),
                                      (work,)))
 
     def keyed_forward(self, masked, keys: list[Tensor], sliced: list, options: dict):
         """As forward, for a fused mask given its noise keys: the pack draws every member's weight
         stacks in one kernel per parameter (no per-member stacks to copy into a joint one)."""
-        work = _KeyedForward(masked, keys, sliced, options, ("keyed", masked.config.num_samples,
-                             masked.config.temperature, *_signature(masked, masked.logits_by_name(), {}, sliced,
-                                                                    options)))
+        signature = ("keyed", masked.config.num_samples, masked.config.temperature,
+                     *_signature(masked, masked.logits_by_name(), {}, sliced, options))
+        work = _Forward(masked, sliced, options, signature, keys=keys)
         return self._submit(_Request("forward", lambda: masked.run_vmapped(*masked.keyed_stacks(keys), sliced, options),
                                      (work,)))
 
@@ -137,7 +139,7 @@ class MaskPack:
         self.packed_forwards += len(group)
         works = [r.payload[0] for r in group]
         first = works[0]
-        if isinstance(first, _KeyedForward):
+        if first.keys is not None:
             stacked, shared = _keyed_pack_stacks(works)
             counts = [w.masked.config.num_samples for w in works]
         else:
@@ -150,18 +152,7 @@ class MaskPack:
         return [tree_unflatten([p[i] for p in parts], spec) for i in range(len(works))]
 
 
-@dataclass(eq=False)
-class _KeyedForward:
-    """One fused member's forward: its noise keys (one [2] per masked parameter) and sliced inputs."""
-
-    masked: Any  # MaskedModel
-    keys: list[Tensor]
-    sliced: list
-    options: dict
-    signature: tuple = field(default=())
-
-
-def _keyed_pack_stacks(works: list[_KeyedForward]) -> tuple[dict, dict]:
+def _keyed_pack_stacks(works: list[_Forward]) -> tuple[dict, dict]:
     """Every member's K-stacks of every masked parameter, drawn in one kernel per parameter:
     ({name: [M·K, *S]}, {name: unmasked parameter}). The frozen weights are the first member's
     (all members' are equal: the signature holds their content hash)."""
