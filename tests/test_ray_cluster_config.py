@@ -2,8 +2,10 @@
 works: its variant on Ray's fake multi-node provider autoscales a smoke sweep on this machine."""
 
 import json
+import os
 import re
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -99,7 +101,8 @@ def _serve_mlflow(host: str, folder: Path) -> tuple[subprocess.Popen, int]:
                                # MLflow accepts Host headers of localhost and private IPs (a cloud VPC's);
                                # this machine's address may be in neither
                                "--allowed-hosts", f"{host}:{port}"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)  # killed with its uvicorn workers, as a group
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
@@ -107,7 +110,7 @@ def _serve_mlflow(host: str, folder: Path) -> tuple[subprocess.Popen, int]:
             return server, port
         except OSError:
             time.sleep(0.5)
-    server.kill()
+    os.killpg(server.pid, signal.SIGKILL)
     pytest.fail("mlflow server did not answer /health within 120 s")
 
 
@@ -141,7 +144,7 @@ def test_fake_multinode_cluster_autoscales_a_smoke_sweep_that_logs_to_the_heads_
         stop_node(head, remove=False)  # the head with its autoscaler and every node it launched
         left = node_processes(head)
         stop_node(head)
-        server.kill()
+        os.killpg(server.pid, signal.SIGKILL)
         server.wait()
     assert not left
     assert re.search(r"Adding \d+ node\(s\) of type gpu_worker", monitor), monitor[-3000:]

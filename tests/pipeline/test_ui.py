@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -43,7 +44,8 @@ def _free_port() -> int:
 def _serve(store: Path, port: int) -> subprocess.Popen:
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{store}",
                                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)  # killed with its uvicorn workers, as a group
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
@@ -51,7 +53,7 @@ def _serve(store: Path, port: int) -> subprocess.Popen:
             return server
         except OSError:
             time.sleep(0.5)
-    server.kill()
+    os.killpg(server.pid, signal.SIGKILL)
     pytest.fail("mlflow server did not answer /health within 120 s")
 
 
@@ -98,5 +100,5 @@ def test_mlflow_ui_lists_the_sweeps_runs_with_metrics_and_curves(tmp_path, monke
         assert len(history) > 1 and len({m["step"] for m in history}) == len(history)
     finally:
         browser.quit()
-        server.kill()
+        os.killpg(server.pid, signal.SIGKILL)
         server.wait()
