@@ -3,4 +3,4 @@
 Importing the package registers every model family (models.registry).
 """
 
-from models import cnn, fnn, lstm, resnet, seq2seq_lstm, transformer  # noqa: F401  (registration)
+from models import cnn, fnn, huggingface, lstm, resnet, seq2seq_lstm, transformer  # noqa: F401  (registration)

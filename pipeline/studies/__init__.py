@@ -28,4 +28,4 @@ def study_names() -> list[str]:
     return sorted(_RECIPES)
 
 
-from pipeline.studies import arithmetic, cifar10, masks, mathematics, permuted_mnist, scan  # noqa: E402,F401,E501
+from pipeline.studies import arithmetic, cifar10, huggingface, masks, mathematics, permuted_mnist, scan  # noqa: E402,F401,E501
