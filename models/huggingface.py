@@ -10,11 +10,13 @@ config.json); `model.settings` changes values of that config ("n_layer=2,n_embd=
 random (drawn from torch's generator, so the trial seed decides them) unless `model.pretrained`
 names a folder written by `save_pretrained` (or, where the machine reaches it, a hub id).
 
-Two things make a transformers model fit the masking core's batched (vmap) path: the cache is off
-(`use_cache=False`: a DynamicCache in the output is not a tensor vmap can return) and the wrapper
-returns the logits alone; attention runs in transformers' "eager" implementation by default, since
-the SDPA path decides on the padding mask's values in Python (`padding_mask.all()`), which vmap
-cannot trace.
+Three things make a transformers model fit the masking core's batched (vmap) path: the cache is off
+(`use_cache=False`: a DynamicCache in the output is not a tensor vmap can return), the wrapper
+returns the logits alone, and it hands the model a ready 4D attention mask instead of the 2D padding
+mask: from a 2D mask, transformers decides in Python whether the mask can be skipped
+(`padding_mask.all()`), which vmap cannot trace; a 4D mask is used as it is. Attention runs in
+transformers' "eager" implementation by default (its SDPA kernel has no batching rule, vmap runs it
+example by example).
 """
 
 from __future__ import annotations
@@ -41,14 +43,36 @@ class TextModel(nn.Module):
 
     input_ids [B, T] int, attention_mask [B, T] (1 = token, 0 = padding) -> logits: [B, num_labels]
     for a sequence-classification head, [B, T, vocab] for a language-model head.
+    causal: whether the model's self-attention is causal (then position q attends to keys <= q only).
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, causal: bool):
         super().__init__()
         self.model = model
+        self.causal = causal
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        if attention_mask is not None:
+            attention_mask = additive_attention_mask(attention_mask, self.causal)
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def additive_attention_mask(attention_mask: Tensor, causal: bool) -> Tensor:
+    """[B, T] padding mask (1 = token) -> [B, 1, T, T] float: 0 where query q may attend to key k
+    (k is a token, and k <= q if causal), the dtype's lowest value elsewhere (added to the scores)."""
+    length = attention_mask.shape[-1]
+    keep = attention_mask[:, None, None, :].bool()
+    if causal:
+        keep = keep & torch.ones(length, length, dtype=torch.bool, device=attention_mask.device).tril()
+    else:
+        keep = keep.expand(-1, -1, length, -1)
+    return torch.zeros(keep.shape, device=attention_mask.device).masked_fill(~keep, torch.finfo(torch.float32).min)
+
+
+def has_causal_attention(model: nn.Module) -> bool:
+    """transformers' attention modules say whether they are causal (`is_causal`); decoder-only models'
+    are, encoders' are not."""
+    return any(getattr(module, "is_causal", False) is True for module in model.modules())
 
 
 @dataclass(frozen=True)
@@ -86,7 +110,7 @@ def huggingface(vocab_size: int, num_labels: int, pad_token_id: int, max_length:
                                             dtype=torch.float32)
     else:
         model = model_class.from_config(model_config, attn_implementation=attention)
-    return TextModel(model.float())
+    return TextModel(model.float(), has_causal_attention(model))
 
 
 def import_transformers():

@@ -29,6 +29,7 @@ from models.masking.masks import Masks
 from models.masking.sampling import (
     draw_keys,
     fits_one_pack_kernel,
+    RecomputedStacks,
     keyed_masked_weight_samples,
     masked_weight_samples,
     masked_weight_samples_reference,
@@ -65,6 +66,10 @@ class MaskedModel(nn.Module):
     fused=True runs the element-wise mask work as torch.compile'd kernels that draw their noise
     in-kernel from a counter-based generator (faster per step, no K-stack of uniforms kept for
     backward; seconds of compilation at the first step; see benchmarks/README.md).
+    recompute=True (fused path, outside a pack): the [K, *S] masked weight stacks that the model's
+    layers save for their backward pass are drawn again there from their noise keys instead of being
+    kept (sampling.RecomputedStacks): the same gradients, bit for bit, with the memory of a step
+    near a plain training step's; one more forward kernel per masked weight and step.
 
     noise_generator: where the mask noise comes from (torch's global generator when None; a CPU
     generator for the fused path, one on the model's device otherwise). A pipeline gives each mask
@@ -82,6 +87,7 @@ class MaskedModel(nn.Module):
         frozen_weights: dict[str, Tensor] | None = None,
         fused: bool = False,
         batch_dims: int | tuple[int, ...] = 0,
+        recompute: bool = True,
     ):
         super().__init__()
         self.model = model
@@ -97,6 +103,7 @@ class MaskedModel(nn.Module):
         self._vmap_verified = False
         self._output_batch_dims: dict = {}  # input shape signature -> batch dimension of each output
         self.fused = fused
+        self.recompute = recompute
         self.batch_dims = batch_dims
         self.noise_generator: torch.Generator | None = None
         self.pack = None
@@ -183,14 +190,19 @@ class MaskedModel(nn.Module):
             with attention_fast_path_disabled():
                 outputs = self.pack.keyed_forward(self, keys, self._slice(inputs), options)
                 return self._joined(outputs, inputs, options)
-        stacked, shared = self.keyed_stacks(keys)
-        return self._run_samples(stacked, shared, inputs, options)
+        if not (self.recompute and self.pack is None and torch.is_grad_enabled()):
+            stacked, shared = self.keyed_stacks(keys)
+            return self._run_samples(stacked, shared, inputs, options)
+        with RecomputedStacks().saving() as recomputed:
+            stacked, shared = self.keyed_stacks(keys, recomputed)
+            return self._run_samples(stacked, shared, inputs, options)
 
-    def keyed_stacks(self, keys: list[Tensor]) -> tuple[dict, dict]:
-        """({name: [K, *S] masked weights}, {name: unmasked parameter}) for the fused path's keys."""
+    def keyed_stacks(self, keys: list[Tensor], recomputed: RecomputedStacks | None = None) -> tuple[dict, dict]:
+        """({name: [K, *S] masked weights}, {name: unmasked parameter}) for the fused path's keys;
+        stacks registered with `recomputed` are drawn again in backward instead of being kept."""
         K, temperature = self.config.num_samples, self.config.temperature
         return self._masked_weight_stacks(
-            lambda weight, logit, i: keyed_masked_weight_samples(weight, logit, keys[i], K, temperature))
+            lambda weight, logit, i: keyed_masked_weight_samples(weight, logit, keys[i], K, temperature, recomputed))
 
     def _packs_keyed(self) -> bool:
         """A pack can draw this mask's weight stacks together with other members' (frozen weights,

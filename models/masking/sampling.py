@@ -371,9 +371,92 @@ def _unlayout(x: Tensor, transposed: bool) -> Tensor:
 
 
 def keyed_masked_weight_samples(weight: Tensor, logits: Tensor, key: Tensor, num_samples: int,
-                                temperature: float = 1.0) -> Tensor:
-    """K hard-masked copies of a weight with in-kernel noise from `key`: [K, *S]."""
-    return _KeyedMaskedWeight.apply(weight, logits, key, num_samples, temperature)
+                                temperature: float = 1.0, recomputed: "RecomputedStacks | None" = None) -> Tensor:
+    """K hard-masked copies of a weight with in-kernel noise from `key`: [K, *S].
+
+    recomputed: where the stack is registered, so that operations that save it for their backward
+    pass keep its recipe instead (see RecomputedStacks)."""
+    stack = _KeyedMaskedWeight.apply(weight, logits, key, num_samples, temperature)
+    if recomputed is not None:
+        recomputed.register(stack, functools.partial(_keyed_stack, weight.detach(), logits.detach(), key, num_samples))
+    return stack
+
+
+def _keyed_stack(weight: Tensor, logits: Tensor, key: Tensor, num_samples: int) -> Tensor:
+    """The forward kernel's [K, *S] stack, laid out in memory exactly as _KeyedMaskedWeight.forward's."""
+    transposed = weight.dim() == 2
+    weight, logits = _layout(weight, transposed), _layout(logits, transposed)
+    indices = _element_indices(weight.shape, num_samples) if weight.device.type == "cpu" else None
+    return _unlayout(_keyed_kernels()[0](weight, logits, key, num_samples, indices), transposed)
+
+
+class RecomputedStacks:
+    """Masked weight stacks that are drawn again in the backward pass instead of being kept.
+
+    A layer's backward pass needs the [K, *S] masked weights it multiplied with (for the gradient of
+    its input), so autograd normally keeps every layer's stack from the forward pass to the backward:
+    K times the masked weights' bytes. Inside `saving()`, a tensor that an operation saves for backward
+    and that lives in a registered stack's memory (the stack or a view of it) is kept as a recipe:
+    the frozen weight, the logits and the noise key, from which the forward kernel draws the same
+    stack bit for bit when backward unpacks it (one extra forward kernel per masked weight and step).
+    The logits must not change between forward and backward (an optimizer steps after backward).
+    A saved tensor that is a copy of a stack (not a view) is kept as it is.
+    """
+
+    def __init__(self):
+        self._recipes: dict[int, _Recipe] = {}
+
+    def register(self, stack: Tensor, draw) -> None:
+        self._recipes[stack.untyped_storage().data_ptr()] = _Recipe(draw)
+
+    def saving(self):
+        """Context for the forward pass of the registered stacks; registrations end with it."""
+        return _SavingContext(self)
+
+    def _pack(self, tensor: Tensor):
+        if not self._recipes or not isinstance(tensor, Tensor) or tensor.layout != torch.strided:
+            return tensor
+        recipe = self._recipes.get(tensor.untyped_storage().data_ptr())
+        if recipe is None:
+            return tensor
+        recipe.pending += 1
+        return recipe, tuple(tensor.shape), tuple(tensor.stride()), tensor.storage_offset()
+
+    @staticmethod
+    def _unpack(packed):
+        if isinstance(packed, Tensor):
+            return packed
+        recipe, shape, stride, offset = packed
+        return recipe.stack().as_strided(shape, stride, offset)
+
+
+class _Recipe:
+    """How to draw one stack again; the drawn stack is kept until every saved view of it was unpacked."""
+
+    def __init__(self, draw):
+        self.draw, self.pending, self._stack = draw, 0, None
+
+    def stack(self) -> Tensor:
+        stack = self._stack if self._stack is not None else self.draw()
+        self.pending -= 1
+        self._stack = stack if self.pending > 0 else None
+        return stack
+
+
+class _SavingContext:
+    def __init__(self, owner: RecomputedStacks):
+        self.owner = owner
+        self.hooks = torch.autograd.graph.saved_tensors_hooks(owner._pack, owner._unpack)
+
+    def __enter__(self):
+        self.hooks.__enter__()
+        return self.owner
+
+    def __exit__(self, *exc):
+        self.hooks.__exit__(*exc)
+        # Stacks die with the forward pass; their memory may then hold other tensors.
+        self.owner._recipes.clear()
+        return False
 
 
 def keyed_uniforms(key: Tensor, weight_shape: torch.Size, num_samples: int) -> Tensor:
