@@ -1,0 +1,88 @@
+"""Masked weight stacks drawn again in backward (MaskedModel(recompute=True)) give the same masks and
+gradients, bit for bit, as keeping them, and are really not kept."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from models.masking import MaskConfig, MaskedModel, ParameterFilter, make_optimizer, training_step
+from models.masking import sampling
+
+
+def fnn():
+    return nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 5)), \
+        (torch.randn(8, 10),)
+
+
+def attention_model():
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+    return nn.Sequential(layer, nn.Linear(16, 4)).eval(), (torch.randn(8, 5, 16),)
+
+
+def gpt2():
+    transformers = pytest.importorskip("transformers")  # noqa: F841
+    from models.huggingface import huggingface
+
+    model = huggingface(40, 3, 0, 16, config="gpt2", settings="n_layer=2,n_embd=16,n_head=2,n_positions=16").eval()
+    attention = torch.ones(8, 9, dtype=torch.long)
+    attention[2, 6:] = 0
+    return model, (torch.randint(1, 40, (8, 9)), attention)
+
+
+def train(model, inputs, recompute: bool, steps: int = 3):
+    """-> (logit gradients of every step, final logits)."""
+    masked = MaskedModel(copy.deepcopy(model), MaskConfig(num_samples=4, alpha=1e-3), ParameterFilter(biases=False),
+                         fused=True, recompute=recompute)
+    masked.noise_generator = torch.Generator().manual_seed(7)
+    optimizer = make_optimizer(masked, mask_lr=0.1)
+    gradients = []
+    for _ in range(steps):
+        training_step(masked, optimizer, lambda: masked(*inputs).pow(2).mean())
+        gradients.append([logit.grad.clone() for logit in masked.logits])
+    assert masked.batched
+    return gradients, [logit.detach().clone() for logit in masked.logits]
+
+
+@pytest.mark.parametrize("make", [fnn, attention_model, gpt2], ids=["fnn", "attention", "gpt2"])
+def test_recomputed_stacks_give_bit_identical_gradients_and_masks(make, monkeypatch):
+    model, inputs = make()
+    draws = []
+    original = sampling._keyed_stack
+    monkeypatch.setattr(sampling, "_keyed_stack", lambda *args: draws.append(1) or original(*args))
+    kept_gradients, kept_logits = train(model, inputs, recompute=False)
+    assert not draws  # without recomputation nothing is drawn again
+    gradients, logits = train(model, inputs, recompute=True)
+    assert draws, "recomputation drew no stack again: the stacks were kept"
+    for step_kept, step in zip(kept_gradients, gradients):
+        for a, b in zip(step_kept, step):
+            assert torch.equal(a, b)
+    for a, b in zip(kept_logits, logits):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_no_stack_outlives_the_forward_pass_with_recomputation(recompute, monkeypatch):
+    """Between forward and backward the graph holds every stack (recompute=False) or none (True)."""
+    import weakref
+
+    import models.masking.masked_model as masked_model
+
+    model, inputs = fnn()
+    masked = MaskedModel(model, MaskConfig(num_samples=4), fused=True, recompute=recompute)
+    stacks = []
+    real = masked_model.keyed_masked_weight_samples
+
+    def recording(*args, **kwargs):
+        stack = real(*args, **kwargs)
+        stacks.append(weakref.ref(stack.untyped_storage()))  # its memory, whichever view holds it
+        return stack
+
+    monkeypatch.setattr(masked_model, "keyed_masked_weight_samples", recording)
+    output = masked(*inputs).sum()
+    alive = [ref() is not None for ref in stacks]
+    output.backward()
+    assert len(stacks) == 6  # 3 weights and 3 biases
+    # the first layer's weight stack is not needed in backward (the input needs no gradient), nor are biases'
+    assert sum(alive) == (0 if recompute else 2)
