@@ -28,12 +28,14 @@ def shared_data() -> Path:
 @pytest.fixture
 def test_data(tmp_path_factory, shared_data) -> Path:
     """The shared datasets plus a tiny generated CIFAR-10 (not available offline) in torchvision's
-    on-disk format, whose own checksums torchvision accepts for the length of the test."""
+    on-disk format, whose own checksums torchvision accepts for the length of the test, and the
+    shipped toy text data (tests/fixtures/text-demo)."""
     from tests.tasks.cifar_data import accept_generated_checksums, write_cifar10
 
     root = tmp_path_factory.mktemp("data")
     for entry in shared_data.iterdir():
         (root / entry.name).symlink_to(entry)
+    (root / "text-demo").symlink_to(Path(__file__).resolve().parent / "fixtures" / "text-demo")
     write_cifar10(root)
     with accept_generated_checksums(root):
         yield root
