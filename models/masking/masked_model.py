@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+from collections import Counter
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_flatten, tree_map
 
 from models.masking.batching import (
     any_requires_grad,
@@ -30,6 +32,7 @@ from models.masking.sampling import (
     draw_keys,
     fits_one_pack_kernel,
     RecomputedStacks,
+    keyed_masked_weight_sample,
     keyed_masked_weight_samples,
     masked_weight_samples,
     masked_weight_samples_reference,
@@ -68,8 +71,12 @@ class MaskedModel(nn.Module):
     backward; seconds of compilation at the first step; see benchmarks/README.md).
     recompute=True (fused path, outside a pack): the [K, *S] masked weight stacks that the model's
     layers save for their backward pass are drawn again there from their noise keys instead of being
-    kept (sampling.RecomputedStacks): the same gradients, bit for bit, with the memory of a step
-    near a plain training step's; one more forward kernel per masked weight and step.
+    kept (sampling.RecomputedStacks), and on the batched path each stack is drawn when its module
+    runs rather than all before the forward pass, so that about one layer's stack exists at a time:
+    the same gradients, bit for bit, for one more forward kernel per masked weight and step. A
+    module whose parameter is read by another module's code (nn.MultiheadAttention reads its
+    out_proj's weight) would miss its mask that way: the first such call compares both ways and
+    keeps drawing all stacks up front where they differ.
 
     noise_generator: where the mask noise comes from (torch's global generator when None; a CPU
     generator for the fused path, one on the model's device otherwise). A pipeline gives each mask
@@ -108,6 +115,7 @@ class MaskedModel(nn.Module):
         self.noise_generator: torch.Generator | None = None
         self.pack = None
         self._identity: tuple | None = None
+        self._lazy_matches: bool | None = None  # per-layer stacks give the up-front stacks' outputs (checked once)
 
     def _register_frozen(self, params: dict[str, Tensor], frozen_weights: dict[str, Tensor]) -> list[str]:
         if frozen_weights and not self.train_weights:
@@ -193,9 +201,55 @@ class MaskedModel(nn.Module):
         if not (self.recompute and self.pack is None and torch.is_grad_enabled()):
             stacked, shared = self.keyed_stacks(keys)
             return self._run_samples(stacked, shared, inputs, options)
+        if self._vmap_verified and self.batched and not self.train_weights and self._lazy_matches is not False:
+            return self._run_lazily_checked(keys, inputs, options)
         with RecomputedStacks().saving() as recomputed:
             stacked, shared = self.keyed_stacks(keys, recomputed)
             return self._run_samples(stacked, shared, inputs, options)
+
+    def _run_lazily_checked(self, keys: list[Tensor], inputs: tuple, options: dict):
+        """_run_lazily; its first call also runs the up-front stacks and keeps them where outputs differ."""
+        with RecomputedStacks().saving() as recomputed:
+            outputs = self._run_lazily(keys, inputs, options, recomputed)
+        if self._lazy_matches:
+            return outputs
+        with RecomputedStacks().saving() as recomputed:
+            stacked, shared = self.keyed_stacks(keys, recomputed)
+            expected = self._run_samples(stacked, shared, inputs, options)
+        leaves, expected_leaves = tree_flatten(outputs)[0], tree_flatten(expected)[0]
+        self._lazy_matches = all(torch.equal(a, b) if torch.is_tensor(a) else a == b
+                                 for a, b in zip(leaves, expected_leaves))
+        if not self._lazy_matches:
+            log.warning("%s reads some masked parameter outside its own module's forward; its mask stacks are "
+                        "drawn before each forward pass from now on", type(self.model).__name__)
+            return expected
+        return outputs
+
+    def _run_lazily(self, keys: list[Tensor], inputs: tuple, options: dict, recomputed: RecomputedStacks):
+        """The batched forward with each masked parameter's [K, *S] stack drawn when the module that
+        owns it runs (a forward pre-hook puts the sample in, a forward hook takes it out)."""
+        K, temperature = self.config.num_samples, self.config.temperature
+        weights = self.effective_weights()
+        params = dict(self.model.named_parameters())
+        index_of = {id(params[name]): i for i, name in enumerate(self.names)}
+        shared = {n: w for n, w in weights.items() if id(params[n]) not in index_of}
+        per_sample_buffers, shared_buffers = buffer_copies(self.model, K)
+        sliced = self._slice(inputs)
+
+        def one_sample(index, buffers_k, *inputs_k):
+            def draw(i: int) -> Tensor:
+                return keyed_masked_weight_sample(weights[self.names[i]], self.logits[i], keys[i], index, temperature,
+                                                  recomputed)
+
+            with parameters_drawn_on_use(self.model, index_of, draw):
+                return functional_call(self.model, {**shared, **shared_buffers, **buffers_k}, inputs_k, options,
+                                       strict=False)
+
+        in_dims = (0, 0, *tree_map(lambda x: 0 if torch.is_tensor(x) else None, sliced))
+        index = torch.arange(K, device=self.logits[0].device)
+        with attention_fast_path_disabled():
+            outputs = vmap(one_sample, in_dims=in_dims, randomness="different")(index, per_sample_buffers, *sliced)
+            return self._joined(outputs, inputs, options)
 
     def keyed_stacks(self, keys: list[Tensor], recomputed: RecomputedStacks | None = None) -> tuple[dict, dict]:
         """({name: [K, *S] masked weights}, {name: unmasked parameter}) for the fused path's keys;
@@ -315,6 +369,40 @@ class MaskedModel(nn.Module):
                     self._output_batch_dims.clear()
                 self._output_batch_dims[signature] = dims
         return join_samples(outputs, dims)
+
+
+@contextlib.contextmanager
+def parameters_drawn_on_use(model: nn.Module, index_of: dict[int, int], draw):
+    """While inside: each module that owns a parameter p with id(p) in index_of sees draw(index_of[id(p)])
+    in its place during its forward (and p again after it). A parameter owned by several modules (tied
+    weights) is drawn once and shared."""
+    owners = Counter(id(p) for m in model.modules() for p in m._parameters.values() if p is not None)
+    shared: dict[int, Tensor] = {}
+    handles = []
+    for module in model.modules():
+        owned = [(attr, p) for attr, p in module._parameters.items() if p is not None and id(p) in index_of]
+        if not owned:
+            continue
+
+        def put_in(mod, args, owned=owned):
+            for attr, p in owned:
+                value = shared.get(id(p))
+                if value is None:
+                    value = draw(index_of[id(p)])
+                    if owners[id(p)] > 1:
+                        shared[id(p)] = value
+                mod._parameters[attr] = value
+
+        def take_out(mod, args, output, owned=owned):
+            for attr, p in owned:
+                mod._parameters[attr] = p
+
+        handles += [module.register_forward_pre_hook(put_in), module.register_forward_hook(take_out, always_call=True)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _new_logits(weight: Tensor, value: float) -> Tensor:

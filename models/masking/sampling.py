@@ -15,6 +15,7 @@ batched matrix products write are large; see benchmarks/README.md for where a st
 from __future__ import annotations
 
 import functools
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -382,6 +383,33 @@ def keyed_masked_weight_samples(weight: Tensor, logits: Tensor, key: Tensor, num
     return stack
 
 
+class _SampleOfKeyedStack(torch.autograd.Function):
+    """Sample k's masked weight [*S], for use inside vmap over the K samples (index batched [K]):
+    its vmap rule draws the whole [K, *S] stack with keyed_masked_weight_samples when the vmapped code
+    reaches it, so a model's stacks are drawn one layer at a time rather than all before the forward."""
+
+    @staticmethod
+    def forward(weight, logits, key, index, temperature, recomputed):
+        raise RuntimeError("a sample of a keyed stack exists only under vmap over the mask samples")
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def vmap(info, in_dims, weight, logits, key, index, temperature, recomputed):
+        if in_dims[:3] != (None, None, None) or in_dims[3] != 0:
+            raise ValueError("a keyed stack's sample needs unbatched weight, logits and key and a batched index")
+        return keyed_masked_weight_samples(weight, logits, key, info.batch_size, temperature, recomputed), 0
+
+
+def keyed_masked_weight_sample(weight: Tensor, logits: Tensor, key: Tensor, index: Tensor, temperature: float = 1.0,
+                               recomputed: "RecomputedStacks | None" = None) -> Tensor:
+    """Inside vmap over K samples (index = arange(K), batched): sample k of
+    keyed_masked_weight_samples(weight, logits, key, K), drawn when this is called: [*S] per sample."""
+    return _SampleOfKeyedStack.apply(weight, logits, key, index, temperature, recomputed)
+
+
 def _keyed_stack(weight: Tensor, logits: Tensor, key: Tensor, num_samples: int) -> Tensor:
     """The forward kernel's [K, *S] stack, laid out in memory exactly as _KeyedMaskedWeight.forward's."""
     transposed = weight.dim() == 2
@@ -404,10 +432,12 @@ class RecomputedStacks:
     """
 
     def __init__(self):
-        self._recipes: dict[int, _Recipe] = {}
+        self._recipes: dict[int, tuple[weakref.ref, _Recipe]] = {}
 
     def register(self, stack: Tensor, draw) -> None:
-        self._recipes[stack.untyped_storage().data_ptr()] = _Recipe(draw)
+        storage = stack.untyped_storage()
+        # The weak reference tells a live stack from memory that a freed one left to a new tensor.
+        self._recipes[storage.data_ptr()] = (weakref.ref(storage), _Recipe(draw))
 
     def saving(self):
         """Context for the forward pass of the registered stacks; registrations end with it."""
@@ -416,8 +446,10 @@ class RecomputedStacks:
     def _pack(self, tensor: Tensor):
         if not self._recipes or not isinstance(tensor, Tensor) or tensor.layout != torch.strided:
             return tensor
-        recipe = self._recipes.get(tensor.untyped_storage().data_ptr())
-        if recipe is None:
+        address = tensor.untyped_storage().data_ptr()
+        storage, recipe = self._recipes.get(address, (None, None))
+        if recipe is None or storage() is None:
+            self._recipes.pop(address, None)
             return tensor
         recipe.pending += 1
         return recipe, tuple(tensor.shape), tuple(tensor.stride()), tensor.storage_offset()
