@@ -71,12 +71,12 @@ class MaskedModel(nn.Module):
     backward; seconds of compilation at the first step; see benchmarks/README.md).
     recompute=True (fused path, outside a pack): the [K, *S] masked weight stacks that the model's
     layers save for their backward pass are drawn again there from their noise keys instead of being
-    kept (sampling.RecomputedStacks), and on the batched path each stack is drawn when its module
-    runs rather than all before the forward pass, so that about one layer's stack exists at a time:
-    the same gradients, bit for bit, for one more forward kernel per masked weight and step. A
-    module whose parameter is read by another module's code (nn.MultiheadAttention reads its
-    out_proj's weight) would miss its mask that way: the first such call compares both ways and
-    keeps drawing all stacks up front where they differ.
+    kept (sampling.RecomputedStacks), and on the batched path each stack is drawn when the module
+    that owns the parameter runs rather than all before the forward pass, so that about one layer's
+    stack exists at a time: the same gradients, bit for bit, for one more forward kernel per masked
+    weight and step. Outside its owner's forward a masked parameter then holds a meta tensor, so
+    that a model whose code reads it elsewhere (nn.MultiheadAttention reads its out_proj's weight)
+    fails the first such call instead of missing a mask; from then on its stacks are drawn up front.
 
     noise_generator: where the mask noise comes from (torch's global generator when None; a CPU
     generator for the fused path, one on the model's device otherwise). A pipeline gives each mask
@@ -115,7 +115,7 @@ class MaskedModel(nn.Module):
         self.noise_generator: torch.Generator | None = None
         self.pack = None
         self._identity: tuple | None = None
-        self._lazy_matches: bool | None = None  # per-layer stacks give the up-front stacks' outputs (checked once)
+        self._draws_on_use: bool | None = None  # stacks drawn when their module runs (None: untried)
 
     def _register_frozen(self, params: dict[str, Tensor], frozen_weights: dict[str, Tensor]) -> list[str]:
         if frozen_weights and not self.train_weights:
@@ -201,29 +201,39 @@ class MaskedModel(nn.Module):
         if not (self.recompute and self.pack is None and torch.is_grad_enabled()):
             stacked, shared = self.keyed_stacks(keys)
             return self._run_samples(stacked, shared, inputs, options)
-        if self._vmap_verified and self.batched and not self.train_weights and self._lazy_matches is not False:
-            return self._run_lazily_checked(keys, inputs, options)
+        if self.batched and not self.train_weights and self._draws_on_use is not False:
+            outputs = self._first_drawn_on_use(keys, inputs, options) if self._draws_on_use is None else \
+                self._run_drawn_on_use(keys, inputs, options)
+            if outputs is not None:
+                return outputs
         with RecomputedStacks().saving() as recomputed:
             stacked, shared = self.keyed_stacks(keys, recomputed)
             return self._run_samples(stacked, shared, inputs, options)
 
-    def _run_lazily_checked(self, keys: list[Tensor], inputs: tuple, options: dict):
-        """_run_lazily; its first call also runs the up-front stacks and keeps them where outputs differ."""
-        with RecomputedStacks().saving() as recomputed:
-            outputs = self._run_lazily(keys, inputs, options, recomputed)
-        if self._lazy_matches:
+    def _first_drawn_on_use(self, keys: list[Tensor], inputs: tuple, options: dict):
+        """The first try of stacks drawn on use: None where it fails (vmap cannot batch the model, or
+        the model reads a masked parameter outside its own module's forward, which then holds a meta
+        tensor), after which stacks are drawn up front (and vmap is verified there as usual)."""
+        restore_random_state = random_state_snapshot(self.logits[0].device)
+        try:
+            outputs = self._run_drawn_on_use(keys, inputs, options)
+            leaves = [x for x in tree_flatten(outputs)[0] if torch.is_tensor(x)]
+            reason = non_differentiable_operation(outputs) or (
+                "an output on the meta device" if any(x.device.type == "meta" for x in leaves) else None)
+        except Exception as error:  # broad on purpose: any failure means "draw the stacks up front"
+            reason = f"{type(error).__name__}: {str(error)[:200]}"
+        if reason is None:
+            self._draws_on_use = self._vmap_verified = any_requires_grad(outputs)
             return outputs
+        restore_random_state()
+        log.info("%s: mask stacks are drawn before each forward pass (drawing them when each module runs "
+                 "failed: %s)", type(self.model).__name__, reason)
+        self._draws_on_use = False
+        return None
+
+    def _run_drawn_on_use(self, keys: list[Tensor], inputs: tuple, options: dict):
         with RecomputedStacks().saving() as recomputed:
-            stacked, shared = self.keyed_stacks(keys, recomputed)
-            expected = self._run_samples(stacked, shared, inputs, options)
-        leaves, expected_leaves = tree_flatten(outputs)[0], tree_flatten(expected)[0]
-        self._lazy_matches = all(torch.equal(a, b) if torch.is_tensor(a) else a == b
-                                 for a, b in zip(leaves, expected_leaves))
-        if not self._lazy_matches:
-            log.warning("%s reads some masked parameter outside its own module's forward; its mask stacks are "
-                        "drawn before each forward pass from now on", type(self.model).__name__)
-            return expected
-        return outputs
+            return self._run_lazily(keys, inputs, options, recomputed)
 
     def _run_lazily(self, keys: list[Tensor], inputs: tuple, options: dict, recomputed: RecomputedStacks):
         """The batched forward with each masked parameter's [K, *S] stack drawn when the module that
@@ -378,11 +388,14 @@ def parameters_drawn_on_use(model: nn.Module, index_of: dict[int, int], draw):
     weights) is drawn once and shared."""
     owners = Counter(id(p) for m in model.modules() for p in m._parameters.values() if p is not None)
     shared: dict[int, Tensor] = {}
-    handles = []
+    handles, placed = [], []
     for module in model.modules():
         owned = [(attr, p) for attr, p in module._parameters.items() if p is not None and id(p) in index_of]
         if not owned:
             continue
+        for attr, p in owned:  # any use outside the owner's forward fails
+            module._parameters[attr] = _OutsideItsModule(p)
+            placed.append((module, attr, p))
 
         def put_in(mod, args, owned=owned):
             for attr, p in owned:
@@ -395,7 +408,7 @@ def parameters_drawn_on_use(model: nn.Module, index_of: dict[int, int], draw):
 
         def take_out(mod, args, output, owned=owned):
             for attr, p in owned:
-                mod._parameters[attr] = p
+                mod._parameters[attr] = _OutsideItsModule(p)
 
         handles += [module.register_forward_pre_hook(put_in), module.register_forward_hook(take_out, always_call=True)]
     try:
@@ -403,6 +416,35 @@ def parameters_drawn_on_use(model: nn.Module, index_of: dict[int, int], draw):
     finally:
         for handle in handles:
             handle.remove()
+        for module, attr, p in placed:
+            module._parameters[attr] = p
+
+
+class _OutsideItsModule(Tensor):
+    """Stands for a masked parameter outside the forward of the module that owns it, while its stacks
+    are drawn on use: shape, dtype and device can be read (as the parameter's), any computation raises
+    (that code would otherwise compute with the parameter unmasked)."""
+
+    @staticmethod
+    def __new__(cls, parameter: Tensor):
+        placeholder = Tensor._make_subclass(cls, torch.empty_like(parameter, device="meta"))
+        placeholder.real_device = parameter.device
+        return placeholder
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func is Tensor.device.__get__:
+            return args[0].real_device
+        if func in _METADATA:
+            with torch._C.DisableTorchFunctionSubclass():
+                return func(*args, **(kwargs or {}))
+        name = getattr(func, "__name__", str(func))
+        raise RuntimeError(f"{name} used a masked parameter outside the forward of the module that owns it")
+
+
+_METADATA = {Tensor.shape.__get__, Tensor.dtype.__get__, Tensor.ndim.__get__, Tensor.requires_grad.__get__,
+             Tensor.layout.__get__, Tensor.size, Tensor.dim, Tensor.numel, Tensor.is_floating_point,
+             Tensor.is_complex, Tensor.__len__, Tensor.element_size}
 
 
 def _new_logits(weight: Tensor, value: float) -> Tensor:

@@ -32,9 +32,7 @@ def gpt2():
 
 
 def train(model, inputs, recompute: bool, steps: int = 3):
-    """-> (logit gradients of every step, final logits, whether stacks were drawn layer by layer).
-    Step 1 verifies the batched path with stacks drawn up front; step 2 draws them layer by layer and
-    checks that against drawing them up front; step 3 draws them layer by layer where they matched."""
+    """-> (logit gradients of every step, final logits, whether stacks were drawn layer by layer)."""
     masked = MaskedModel(copy.deepcopy(model), MaskConfig(num_samples=4, alpha=1e-3), ParameterFilter(biases=False),
                          fused=True, recompute=recompute)
     masked.noise_generator = torch.Generator().manual_seed(7)
@@ -44,14 +42,14 @@ def train(model, inputs, recompute: bool, steps: int = 3):
         training_step(masked, optimizer, lambda: masked(*inputs).pow(2).mean())
         gradients.append([logit.grad.clone() for logit in masked.logits])
     assert masked.batched
-    return gradients, [logit.detach().clone() for logit in masked.logits], masked._lazy_matches
+    return gradients, [logit.detach().clone() for logit in masked.logits], masked._draws_on_use
 
 
 @pytest.mark.parametrize("make, layer_by_layer", [(fnn, True), (attention_model, False), (gpt2, True)],
                          ids=["fnn", "attention", "gpt2"])
 def test_recomputed_stacks_give_bit_identical_gradients_and_masks(make, layer_by_layer, monkeypatch):
-    """nn.MultiheadAttention reads its out_proj's weight in its own forward: the layer-by-layer draw
-    misses that mask, which the check finds; the others draw layer by layer."""
+    """nn.MultiheadAttention reads its out_proj's weight in its own forward, which fails on the meta
+    placeholder: its stacks are drawn up front; the others' layer by layer."""
     model, inputs = make()
     draws = []
     original = sampling._keyed_stack
@@ -85,10 +83,12 @@ def test_no_stack_outlives_the_forward_pass_with_recomputation(recompute, monkey
         stacks.append(weakref.ref(stack.untyped_storage()))  # its memory, whichever view holds it
         return stack
 
-    monkeypatch.setattr(masked_model, "keyed_masked_weight_samples", recording)
+    monkeypatch.setattr(masked_model, "keyed_masked_weight_samples", recording)  # stacks drawn up front
+    monkeypatch.setattr(sampling, "keyed_masked_weight_samples", recording)  # stacks drawn on use
     output = masked(*inputs).sum()
     alive = [ref() is not None for ref in stacks]
     output.backward()
     assert len(stacks) == 6  # 3 weights and 3 biases
     # the first layer's weight stack is not needed in backward (the input needs no gradient), nor are biases'
     assert sum(alive) == (0 if recompute else 2)
+    assert masked._draws_on_use is (True if recompute else None)
