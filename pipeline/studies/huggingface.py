@@ -59,7 +59,7 @@ _BERT = model_settings("huggingface", config="bert", settings="num_hidden_layers
                        "num_attention_heads=4,intermediate_size=128,max_position_embeddings=16")
 _PRETRAIN = PretrainConfig(steps=300, lr=1e-3, batch_size=32)
 _MASKS = MaskStageConfig(steps=300, lr=5e-2, beta=1e-3, batch_size=32, mask_embeddings=False)
-_SMOKE = {"pretrain.steps": 100, "mask.steps": 60, "checkpoint_every": 50, "log_every": 20}
+_SMOKE = {"pretrain.steps": 100, "mask.steps": 150, "checkpoint_every": 50, "log_every": 20}
 _TINY_GPT2 = {"model.settings": "n_layer=1,n_embd=8,n_head=2,n_positions=16"}
 _TINY_BERT = {"model.settings": "num_hidden_layers=1,hidden_size=8,num_attention_heads=2,intermediate_size=8,"
                                 "max_position_embeddings=16"}
