@@ -41,6 +41,9 @@ from models.masking.sampling import (
 
 log = logging.getLogger(__name__)
 
+# recompute=None turns recomputation on where the K stacks of masked weights take at least this much:
+# there the memory matters; below it the extra kernels would only cost time (benchmarks/README.md).
+RECOMPUTE_FROM_BYTES = 1 << 30
 _MAX_CACHED_SIGNATURES = 256  # output layouts kept, one per distinct input shape (sequence lengths vary)
 
 
@@ -69,7 +72,8 @@ class MaskedModel(nn.Module):
     fused=True runs the element-wise mask work as torch.compile'd kernels that draw their noise
     in-kernel from a counter-based generator (faster per step, no K-stack of uniforms kept for
     backward; seconds of compilation at the first step; see benchmarks/README.md).
-    recompute=True (fused path, outside a pack): the [K, *S] masked weight stacks that the model's
+    recompute=True (fused path, outside a pack; None, the default: where the K stacks of all masked
+    weights take at least RECOMPUTE_FROM_BYTES, 1 GiB): the [K, *S] masked weight stacks that the model's
     layers save for their backward pass are drawn again there from their noise keys instead of being
     kept (sampling.RecomputedStacks), and on the batched path each stack is drawn when the module
     that owns the parameter runs rather than all before the forward pass, so that about one layer's
@@ -94,7 +98,7 @@ class MaskedModel(nn.Module):
         frozen_weights: dict[str, Tensor] | None = None,
         fused: bool = False,
         batch_dims: int | tuple[int, ...] = 0,
-        recompute: bool = True,
+        recompute: bool | None = None,
     ):
         super().__init__()
         self.model = model
@@ -110,7 +114,8 @@ class MaskedModel(nn.Module):
         self._vmap_verified = False
         self._output_batch_dims: dict = {}  # input shape signature -> batch dimension of each output
         self.fused = fused
-        self.recompute = recompute
+        stack_bytes = config.num_samples * sum(4 * l.numel() for l in self.logits)
+        self.recompute = stack_bytes >= RECOMPUTE_FROM_BYTES if recompute is None else recompute
         self.batch_dims = batch_dims
         self.noise_generator: torch.Generator | None = None
         self.pack = None
@@ -385,9 +390,11 @@ class MaskedModel(nn.Module):
 def parameters_drawn_on_use(model: nn.Module, index_of: dict[int, int], draw):
     """While inside: each module that owns a parameter p with id(p) in index_of sees draw(index_of[id(p)])
     in its place during its forward (and p again after it). A parameter owned by several modules (tied
-    weights) is drawn once and shared."""
+    weights) is drawn once and shared; one whose module runs more than once (a recurrent cell) is
+    kept from its second draw on."""
     owners = Counter(id(p) for m in model.modules() for p in m._parameters.values() if p is not None)
     shared: dict[int, Tensor] = {}
+    drawn: set[int] = set()
     handles, placed = [], []
     for module in model.modules():
         owned = [(attr, p) for attr, p in module._parameters.items() if p is not None and id(p) in index_of]
@@ -402,8 +409,9 @@ def parameters_drawn_on_use(model: nn.Module, index_of: dict[int, int], draw):
                 value = shared.get(id(p))
                 if value is None:
                     value = draw(index_of[id(p)])
-                    if owners[id(p)] > 1:
+                    if owners[id(p)] > 1 or id(p) in drawn:  # tied, or a module run again (a recurrent step)
                         shared[id(p)] = value
+                    drawn.add(id(p))
                 mod._parameters[attr] = value
 
         def take_out(mod, args, output, owned=owned):

@@ -21,6 +21,12 @@ def attention_model():
     return nn.Sequential(layer, nn.Linear(16, 4)).eval(), (torch.randn(8, 5, 16),)
 
 
+def lstm():
+    from models.lstm import build_lstm
+
+    return build_lstm(6, 16, 4), (torch.randn(8, 7, 6),)  # 7 time steps: its Linear layers run 7 times
+
+
 def gpt2():
     transformers = pytest.importorskip("transformers")  # noqa: F841
     from models.huggingface import huggingface
@@ -45,8 +51,8 @@ def train(model, inputs, recompute: bool, steps: int = 3):
     return gradients, [logit.detach().clone() for logit in masked.logits], masked._draws_on_use
 
 
-@pytest.mark.parametrize("make, layer_by_layer", [(fnn, True), (attention_model, False), (gpt2, True)],
-                         ids=["fnn", "attention", "gpt2"])
+@pytest.mark.parametrize("make, layer_by_layer", [(fnn, True), (attention_model, False), (lstm, True), (gpt2, True)],
+                         ids=["fnn", "attention", "lstm", "gpt2"])
 def test_recomputed_stacks_give_bit_identical_gradients_and_masks(make, layer_by_layer, monkeypatch):
     """nn.MultiheadAttention reads its out_proj's weight in its own forward, which fails on the meta
     placeholder: its stacks are drawn up front; the others' layer by layer."""
@@ -58,6 +64,10 @@ def test_recomputed_stacks_give_bit_identical_gradients_and_masks(make, layer_by
     assert not draws  # without recomputation nothing is drawn again
     gradients, logits, lazy = train(model, inputs, recompute=True)
     assert lazy is layer_by_layer
+    masked_parameters = len(MaskedModel(copy.deepcopy(model), parameter_filter=ParameterFilter(biases=False)).names)
+    # backward draws a stack again at most twice per masked parameter and step: a module that runs
+    # again (the LSTM's 7 time steps) keeps its second draw, which would otherwise be 7 draws
+    assert len(draws) <= 2 * 3 * masked_parameters
     assert draws, "recomputation drew no stack again: the stacks were kept"
     for step_kept, step in zip(kept_gradients, gradients):
         for a, b in zip(step_kept, step):
@@ -92,3 +102,11 @@ def test_no_stack_outlives_the_forward_pass_with_recomputation(recompute, monkey
     # the first layer's weight stack is not needed in backward (the input needs no gradient), nor are biases'
     assert sum(alive) == (0 if recompute else 2)
     assert masked._draws_on_use is (True if recompute else None)
+
+
+def test_recompute_by_default_from_one_gibibyte_of_stacks():
+    """K = 4 copies of 8192 x 8192 float32 weights are exactly 2^30 bytes."""
+    big, small = nn.Linear(8192, 8192, bias=False, device="meta"), nn.Linear(8191, 8192, bias=False, device="meta")
+    assert MaskedModel(big, MaskConfig(num_samples=4), fused=True).recompute is True
+    assert MaskedModel(small, MaskConfig(num_samples=4), fused=True).recompute is False
+    assert MaskedModel(small, MaskConfig(num_samples=4), fused=True, recompute=True).recompute is True
