@@ -55,7 +55,7 @@ def param_space(spec: SweepSpec, seeds: int, scale: str, overrides: dict, pack_s
     fixed = {k: v for k, v in overrides.items() if k not in grid}
     for experiment in spec.experiments:  # fail on a bad key or value before starting Ray
         for values in [dict(zip(grid, combo)) for combo in _product(grid)] or [{}]:
-            validate(override(get_experiment(experiment, scale=scale), {k: str(v) for k, v in (values | fixed).items()}))
+            validate(override(get_experiment(experiment, scale=scale), values | fixed))
     packed = {k: v for k, v in grid.items() if k.startswith(PACKABLE_PREFIX)} if pack_size != 1 else {}
     space = {"experiment": tune.grid_search(list(spec.experiments)), "seed": tune.grid_search(list(range(seeds)))}
     space |= {key: tune.grid_search(list(values)) for key, values in grid.items() if key not in packed}
@@ -90,7 +90,7 @@ def member_configs(trial_config: dict) -> list:
     keys = {k: v for k, v in trial_config.items() if "." in k} | trial_config["fixed_overrides"]
     configs = []
     for member in trial_config.get("pack", {}).get("members") or [{}]:
-        member_config = override(config, {k: str(v) for k, v in (keys | member).items()})
+        member_config = override(config, keys | member)
         configs.append(dataclasses.replace(member_config, seed=int(trial_config["seed"]),
                                            sweep=trial_config["context"]["sweep"]))
     return configs

@@ -51,3 +51,16 @@ def test_a_pack_size_below_one_is_refused_before_anything_starts(tmp_path):
     with pytest.raises(ValueError, match="pack size must be >= 1"):
         run_sweep("alpha-sensitivity", tmp_path, smoke=True, pack_size=0)
     assert not (tmp_path / "trials").exists()
+
+
+def test_a_tuple_valued_grid_axis_reaches_the_trial_as_its_tuple():
+    """Grid values are passed as they are (formerly turned into strings: "(100, 200)" did not parse)."""
+    from pipeline.experiments import SweepSpec
+
+    spec = SweepSpec(("addmul-fnn",), {"pretrain.lr_decay_steps": [(100, 200), ()]})
+    grid = _grid(param_space(spec, 1, "smoke", {}, 1))
+    assert grid["pretrain.lr_decay_steps"] == [(100, 200), ()]
+    for value in grid["pretrain.lr_decay_steps"]:
+        trial = {"experiment": "addmul-fnn", "seed": 0, "pretrain.lr_decay_steps": value, "fixed_overrides": {},
+                 "scale": "smoke", "context": {"sweep": "test"}}
+        assert member_configs(trial)[0].pretrain.lr_decay_steps == value
