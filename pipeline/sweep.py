@@ -53,9 +53,7 @@ def param_space(spec: SweepSpec, seeds: int, scale: str, overrides: dict, pack_s
 
     grid = spec.grid
     fixed = {k: v for k, v in overrides.items() if k not in grid}
-    for experiment in spec.experiments:  # fail on a bad key or value before starting Ray
-        for values in [dict(zip(grid, combo)) for combo in _product(grid)] or [{}]:
-            validate(override(get_experiment(experiment, scale=scale), values | fixed))
+    resolve_grid(spec, scale, overrides)  # fail on a bad key or value before starting Ray
     packed = {k: v for k, v in grid.items() if k.startswith(PACKABLE_PREFIX)} if pack_size != 1 else {}
     space = {"experiment": tune.grid_search(list(spec.experiments)), "seed": tune.grid_search(list(range(seeds)))}
     space |= {key: tune.grid_search(list(values)) for key, values in grid.items() if key not in packed}
@@ -63,6 +61,29 @@ def param_space(spec: SweepSpec, seeds: int, scale: str, overrides: dict, pack_s
         groups = packs([dict(zip(packed, c)) for c in _product(packed)], pack_size)
         space["pack"] = tune.grid_search([{"label": _label(group), "members": group} for group in groups])
     return space | {"fixed_overrides": fixed, "scale": scale}
+
+
+_RESOLVED: dict[str, list[tuple]] = {}  # resolve_grid's results by sweep, scale and overrides
+
+
+def resolve_grid(spec: SweepSpec, scale: str, overrides: dict) -> list[tuple]:
+    """[(config, task)] of every experiment × grid point (seed 0), each validated: a bad key or value
+    fails here, before Ray starts. Resolved once per sweep run (param_space and the estimate share it)."""
+    key = repr((spec.experiments, spec.grid, scale, sorted(overrides.items())))
+    if key not in _RESOLVED:
+        fixed = {k: v for k, v in overrides.items() if k not in spec.grid}
+        _RESOLVED[key] = [(config, validate(config)) for experiment in spec.experiments
+                          for values in [dict(zip(spec.grid, combo)) for combo in _product(spec.grid)] or [{}]
+                          for config in [override(get_experiment(experiment, scale=scale), values | fixed)]]
+    return _RESOLVED[key]
+
+
+def sweep_workload(spec: SweepSpec, seeds: int, scale: str, overrides: dict):
+    """The sweep's training steps (pipeline.estimate), every seed of every grid point."""
+    from pipeline.estimate import workload
+
+    return workload([(dataclasses.replace(config, seed=seed), task)
+                     for config, task in resolve_grid(spec, scale, overrides) for seed in range(seeds)])
 
 
 def packs(members: list[dict], pack_size: int | None) -> list[list[dict]]:
@@ -265,7 +286,10 @@ def run_sweep(
         raise ValueError(f"pack size must be >= 1 (1: no packing), got {pack_size}")
     devices = _trial_devices(spec, scale, overrides or {})
     pack_size = pack_size or default_pack_size(devices)
-    space = param_space(spec, seeds or spec.seeds, scale, overrides or {}, pack_size)
+    seeds = seeds or spec.seeds
+    space = param_space(spec, seeds, scale, overrides or {}, pack_size)
+    for line in sweep_workload(spec, seeds, scale, overrides or {}).lines(next(iter(sorted(devices)))):
+        print(f"sweep {name} ({scale} scale): {line}", flush=True)
     gpus_per_trial = _gpu_share(devices, gpus_per_trial)
     check_results_dir(Path(results_dir))
     results_dir = Path(results_dir).resolve()  # Ray runs trials in their own working directories

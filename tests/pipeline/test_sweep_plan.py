@@ -64,3 +64,17 @@ def test_a_tuple_valued_grid_axis_reaches_the_trial_as_its_tuple():
         trial = {"experiment": "addmul-fnn", "seed": 0, "pretrain.lr_decay_steps": value, "fixed_overrides": {},
                  "scale": "smoke", "context": {"sweep": "test"}}
         assert member_configs(trial)[0].pretrain.lr_decay_steps == value
+
+
+def test_the_papers_addmul_sweep_is_estimated_before_it_starts():
+    """C.3: 20k pretraining steps per network, 20k steps per mask (add, mul and the control mask),
+    FNN and LSTM x 10 seeds; trials that share a network (same seed, task and model) pretrain once."""
+    from pipeline.sweep import sweep_workload
+
+    spec = get_sweep("addmul").at("paper")
+    work = sweep_workload(spec, 10, "paper", {})
+    assert (work.trials, work.pretrain_steps, work.mask_steps) == (20, 20 * 20_000, 20 * 3 * 20_000)
+    alpha = get_sweep("alpha-sensitivity").at("cpu")  # 5 β values share each seed's network
+    work = sweep_workload(alpha, 5, "cpu", {})
+    assert (work.trials, work.pretrain_steps) == (25, 5 * 20_000)
+    assert "not measured" in work.lines("cuda")[-1] and len(work.lines("cpu")) == 1
