@@ -14,6 +14,7 @@ import click
 
 from pipeline.config import flatten, override, parse_assignments
 from pipeline.experiments import get_experiment
+from tasks.registry import DataError
 
 
 def _data_dir_option(command):
@@ -119,7 +120,7 @@ def run_command(experiment: str, seed: int, assignments: tuple[str, ...], scale:
         config = override(dataclasses.replace(config, seed=seed),
                           _with_data_dir(parse_assignments(assignments), data_dir))
         result = run_trial(config, results_dir, storage_uri=storage)
-    except (KeyError, ValueError, TypeError, PermissionError, ConnectionError, FileNotFoundError) as error:
+    except (KeyError, ValueError, TypeError, PermissionError, ConnectionError, FileNotFoundError, DataError) as error:
         _fail(str(error.args[0]) if isinstance(error, KeyError) else str(error))
     click.echo(f"\ntrial {result.trial_id} finished")
     for key, value in sorted(result.metrics.items()):
