@@ -6,6 +6,7 @@ import dataclasses
 import inspect
 import logging
 import os
+import shlex
 import sys
 import typing
 from pathlib import Path
@@ -128,7 +129,7 @@ def run_command(experiment: str, seed: int, assignments: tuple[str, ...], scale:
             click.echo(f"  {key}: {value:.4g}")
     click.echo(f"\nmasks and config: {result.trial_dir}")
     click.echo(f"Parquet tables:   {result.parquet_dir}  (pyarrow.dataset.dataset(path, partitioning='hive'))")
-    click.echo(f"MLflow run {result.run_id}: mlflow ui --backend-store-uri {result.tracking_uri}")
+    click.echo(f"MLflow run {result.run_id}: mlflow ui --backend-store-uri {shlex.quote(result.tracking_uri)}")
 
 
 @main.command("sweep")

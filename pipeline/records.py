@@ -116,6 +116,10 @@ def finish_trial_run(uri: str, run_id: str, metrics: dict, artifacts: list[tuple
                 client.log_artifacts(run_id, str(path), artifact_path=folder or None)
             else:
                 client.log_artifact(run_id, str(path), artifact_path=folder or None)
+        error = client.get_run(run_id).data.tags.get("error")
+        if error is not None:  # an earlier attempt's error: kept as history, no longer the run's state
+            client.set_tag(run_id, "earlier_error", error)
+            client.delete_tag(run_id, "error")
         client.set_terminated(run_id, "FINISHED")
 
 

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import queue
+import shlex
 import socket
 import tempfile
 import threading
@@ -291,12 +292,13 @@ def run_sweep(
     for line in sweep_workload(spec, seeds, scale, overrides or {}).lines(next(iter(sorted(devices)))):
         print(f"sweep {name} ({scale} scale): {line}", flush=True)
     gpus_per_trial = _gpu_share(devices, gpus_per_trial)
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:  # before anything is written: a wrong address leaves the results folder as it was
+        check_ray_address(address)
     check_results_dir(Path(results_dir))
     results_dir = Path(results_dir).resolve()  # Ray runs trials in their own working directories
-    address = address or os.environ.get("RAY_ADDRESS")
     uri = records.tracking_uri(results_dir)
     if address:
-        check_ray_address(address)
         uri = tracking_uri_for_cluster(uri, ray.util.get_node_ip_address())
     records.check_tracking(uri)
     if storage_uri:
@@ -571,7 +573,7 @@ def summary_lines(summary: SweepSummary) -> list[str]:
         f"{summary.failed} failed, {summary.unfinished} unfinished, {summary.retried} retried after a failure, "
         f"{summary.resumed_trials} resumed from an earlier run, {summary.wall_seconds:.0f} s",
         f"Parquet:  {summary.results_dir / 'parquet'}",
-        f"MLflow:   mlflow ui --backend-store-uri {summary.tracking_uri}  (parent run {summary.parent_run_id})",
+        f"MLflow:   mlflow ui --backend-store-uri {shlex.quote(summary.tracking_uri)}  (parent run {summary.parent_run_id})",
     ]
     if summary.unfinished or summary.failed:
         lines.append(f"resume:   run the same `pipeline sweep {summary.name} ...` command again "

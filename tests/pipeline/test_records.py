@@ -46,3 +46,17 @@ def test_curves_are_batched_and_a_resumed_run_repeats_no_step(tmp_path):
     history = client.get_metric_history(run_id, "mask/add/loss")
     assert sorted((m.step, m.value) for m in history) == [(100, 1.0), (200, 2.0), (300, 3.0), (400, 400.0)]
     assert client.get_run(run_id).info.status == "RUNNING"
+
+
+def test_a_run_that_finishes_after_a_failed_attempt_keeps_the_error_only_as_history(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    records.check_tracking(uri)
+    run_id, _ = records.start_trial_run(uri, "modular/x", "t", {"a": 1}, {})
+    records.end_trial_run(uri, run_id, RuntimeError("worker lost"))
+    client = mlflow.MlflowClient(uri)
+    assert client.get_run(run_id).data.tags["error"] == "RuntimeError: worker lost"
+    same_run, _ = records.start_trial_run(uri, "modular/x", "t", {"a": 1}, {})  # the retry continues the run
+    records.finish_trial_run(uri, same_run, {"accuracy": 1.0}, [])
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert "error" not in run.data.tags and run.data.tags["earlier_error"] == "RuntimeError: worker lost"

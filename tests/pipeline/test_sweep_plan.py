@@ -78,3 +78,11 @@ def test_the_papers_addmul_sweep_is_estimated_before_it_starts():
     work = sweep_workload(alpha, 5, "cpu", {})
     assert (work.trials, work.pretrain_steps) == (25, 5 * 20_000)
     assert "not measured" in work.lines("cuda")[-1] and len(work.lines("cpu")) == 1
+
+
+def test_an_unreachable_cluster_address_writes_nothing(tmp_path):
+    from pipeline.sweep import run_sweep
+
+    with pytest.raises(ConnectionError, match="cannot reach the Ray cluster"):
+        run_sweep("alpha-sensitivity", tmp_path / "results", smoke=True, address="127.0.0.1:1")
+    assert not (tmp_path / "results").exists()
