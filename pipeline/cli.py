@@ -168,6 +168,8 @@ def sweep_command(name, seeds, scale, smoke, assignments, results_dir, storage, 
         _fail(str(error.args[0]) if isinstance(error, KeyError) else str(error))
     for line in summary_lines(summary):
         click.echo(line)
+    if summary.stopped_by == "SIGTERM":
+        raise SystemExit(143)  # 128 + SIGTERM, as a shell reports a process a scheduler stopped
     if summary.interrupted or summary.unfinished:
         raise SystemExit(130)  # like a shell's Ctrl-C: the sweep did not finish
     if summary.failed:

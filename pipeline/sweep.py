@@ -15,6 +15,7 @@ import logging
 import os
 import queue
 import shlex
+import signal
 import socket
 import tempfile
 import threading
@@ -251,6 +252,7 @@ class SweepSummary:
     parent_run_id: str
     resumed: bool
     interrupted: bool = False
+    stopped_by: str = ""  # the signal that stopped the sweep: "SIGINT" (Ctrl-C) or "SIGTERM" (a scheduler)
 
 
 def run_sweep(
@@ -323,15 +325,26 @@ def _run_as_driver(name, space, results_dir, uri, storage, sweep_dir, resumed, a
     space["cpus_per_trial"] = cpus_per_trial
 
     start = time.time()
+
+    def stop_without_ray() -> None:
+        """SIGTERM to the whole process group also stops Ray's own processes, and then Tune cannot end
+        the sweep: record and say what the trial folders show, and exit as a stopped sweep does."""
+        records.kill_running_children(uri, parent)
+        summary = _summarise(name, _planned(space), results_dir, uri, parent, time.time() - start, resumed,
+                             "SIGTERM", space["context"]["driver"])
+        records.finish_sweep_parent_run(uri, parent, dataclasses.asdict(summary))
+        print("\n".join(summary_lines(summary)), flush=True)
+        os._exit(143)
+
     try:
-        grid, interrupted = _fit(name, space, sweep_dir, storage, resumed, address, num_cpus, cpus_per_trial,
-                                 gpus_per_trial, max_failures, verbose)
+        grid, stopped_by = _fit(name, space, sweep_dir, storage, resumed, address, num_cpus, cpus_per_trial,
+                                gpus_per_trial, max_failures, verbose, stop_without_ray)
     except BaseException as error:  # no parent run left RUNNING, whatever stopped the sweep
         records.kill_running_children(uri, parent)
         records.end_trial_run(uri, parent, error)
         raise
     records.kill_running_children(uri, parent)
-    summary = _summarise(name, grid, results_dir, uri, parent, time.time() - start, resumed, interrupted,
+    summary = _summarise(name, grid, results_dir, uri, parent, time.time() - start, resumed, stopped_by,
                          space["context"]["driver"])
     records.finish_sweep_parent_run(uri, parent, dataclasses.asdict(summary))
     return summary
@@ -381,8 +394,8 @@ def _only_driver(results_dir: Path, name: str):
 
 
 def _fit(name, space, sweep_dir, storage, resumed, address, num_cpus, cpus_per_trial, gpus_per_trial,
-         max_failures, verbose) -> tuple:
-    """Tune's fit on a local or remote Ray. -> (ResultGrid, interrupted by the user)."""
+         max_failures, verbose, stop_without_ray=None) -> tuple:
+    """Tune's fit on a local or remote Ray. -> (ResultGrid, the signal that stopped it or "")."""
     import ray
     from ray import tune
 
@@ -412,12 +425,51 @@ def _fit(name, space, sweep_dir, storage, resumed, address, num_cpus, cpus_per_t
                     progress_reporter=None if verbose else progress_reporter(space),
                     verbose=3 if verbose else 1),
             )
+        stopped = {"by": ""}  # Tune's own SIGINT handler ends fit() normally, its trials unfinished
         try:
-            return tuner.fit(), False
+            with _sigterm_as_interrupt(stopped, stop_without_ray):
+                return tuner.fit(), stopped["by"]
         except KeyboardInterrupt:
-            return tune.Tuner.restore(sweep_dir, trainable).get_results(), True
+            return tune.Tuner.restore(sweep_dir, trainable).get_results(), stopped["by"] or "SIGINT"
     finally:
         ray.shutdown()
+
+
+SIGTERM_GRACE_SECONDS = 20  # Tune ends a stopped sweep in about a second while Ray's processes live
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt(stopped: dict, stop_without_ray=None):
+    """SIGTERM (what Slurm, Kubernetes, systemd and `docker stop` send) stops the sweep the way Ctrl-C
+    does: whatever handles SIGINT now (Tune's, which saves the sweep's state) handles it, and a second
+    SIGTERM or SIGINT stops at once as a second Ctrl-C does. Installed after Ray started, so it also
+    replaces the handler of Ray's core that printed a C++ stack dump. Main thread only (signals).
+    If Tune has not ended the sweep SIGTERM_GRACE_SECONDS later (the signal went to the whole process
+    group and stopped Ray's processes too), stop_without_ray() ends it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    timers: list[threading.Timer] = []
+
+    def handler(signum, frame):
+        stopped["by"] = "SIGTERM"
+        if stop_without_ray is not None and not timers:
+            timers.append(threading.Timer(SIGTERM_GRACE_SECONDS, stop_without_ray))
+            timers[0].daemon = True
+            timers[0].start()
+        on_interrupt = signal.getsignal(signal.SIGINT)
+        if callable(on_interrupt) and on_interrupt is not signal.default_int_handler:
+            on_interrupt(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for timer in timers:
+            timer.cancel()
 
 
 def _join_cluster(address: str, verbose: bool) -> None:
@@ -517,7 +569,24 @@ def progress_reporter(space: dict):
     return reporter
 
 
-def _summarise(name, grid, results_dir, uri, parent, seconds, resumed, interrupted, driver) -> SweepSummary:
+@dataclass(frozen=True)
+class _Planned:
+    """A trial of the sweep's space as _summarise reads a Tune result: its config, no error known."""
+
+    config: dict
+    error: None = None
+
+
+def _planned(space: dict) -> list[_Planned]:
+    """Every Tune trial the space describes (its grid_search axes expanded), without Tune."""
+    import itertools
+
+    axes = {k: v["grid_search"] for k, v in space.items() if isinstance(v, dict) and "grid_search" in v}
+    fixed = {k: v for k, v in space.items() if k not in axes}
+    return [_Planned(fixed | dict(zip(axes, combo))) for combo in itertools.product(*axes.values())]
+
+
+def _summarise(name, grid, results_dir, uri, parent, seconds, resumed, stopped_by, driver) -> SweepSummary:
     """Counts per trial (a pack counts each of its members), read from the trials' own folders:
     done = recorded in Parquet and MLflow; failed = not done, in a Tune trial that ended in error."""
     done = failed = retried = resumed_trials = total = 0
@@ -532,7 +601,7 @@ def _summarise(name, grid, results_dir, uri, parent, seconds, resumed, interrupt
             retried += counts.get(driver, 0) > 1
             resumed_trials += bool(set(counts) - {driver})
     return SweepSummary(name, done, failed, total - done - failed, retried, resumed_trials, seconds, results_dir,
-                        uri, parent, resumed, interrupted)
+                        uri, parent, resumed, bool(stopped_by), stopped_by)
 
 
 def tracking_uri_for_cluster(uri: str, driver_ip: str) -> str:
@@ -569,7 +638,8 @@ def check_ray_address(address: str) -> None:
 def summary_lines(summary: SweepSummary) -> list[str]:
     lines = [
         f"sweep {summary.name}{' (resumed)' if summary.resumed else ''}"
-        f"{' INTERRUPTED' if summary.interrupted or summary.unfinished else ''}: {summary.done} trials done, "
+        f"{' INTERRUPTED' if summary.interrupted or summary.unfinished else ''}"
+        f"{f' by {summary.stopped_by}' if summary.stopped_by else ''}: {summary.done} trials done, "
         f"{summary.failed} failed, {summary.unfinished} unfinished, {summary.retried} retried after a failure, "
         f"{summary.resumed_trials} resumed from an earlier run, {summary.wall_seconds:.0f} s",
         f"Parquet:  {summary.results_dir / 'parquet'}",
