@@ -157,10 +157,16 @@ def figure_accuracy(tables, out):
     return Figure(name, title, _save(fig, out, name), numbers, paper)
 
 
-def _largest_change(rows: pa.Table) -> float:
-    grouped = rows.group_by(["trial_id", "evaluated_task"]).aggregate([("accuracy", "min"), ("accuracy", "max")])
+def _largest_change(rows: pa.Table) -> float | str:
+    """Largest spread of one task's accuracy over its evaluations after later tasks; a task evaluated
+    only once has no spread to measure (0.0 there would read as "no forgetting")."""
+    grouped = rows.group_by(["trial_id", "evaluated_task"]).aggregate(
+        [("accuracy", "min"), ("accuracy", "max"), ("accuracy", "count")])
+    grouped = grouped.filter(pc.greater(grouped["accuracy_count"], 1))
+    if not grouped.num_rows:
+        return "n/a: only one evaluation per task (no later task was trained)"
     spread = pc.subtract(grouped["accuracy_max"], grouped["accuracy_min"])
-    return float(pc.max(spread).as_py() or 0.0)
+    return float(pc.max(spread).as_py())
 
 
 FIGURES = [figure_3, figure_15a, figure_15b, figure_accuracy]
