@@ -181,7 +181,8 @@ def analyze_command(target: str, results_dir: Path, out: Path | None):
 
         uri = records.tracking_uri(directory)
         run_id = records.log_analysis(uri, target, out)
-        click.echo(f"figures logged to the sweep's MLflow parent run {run_id}")
+        click.echo(f"figures logged to the sweep's MLflow parent run {run_id}" if run_id
+                   else f"no MLflow parent run of sweep {target!r} in {uri}: figures not logged to MLflow")
 
 
 class _DatasetGroup(click.Group):
