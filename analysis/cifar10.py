@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from analysis.figures import Figure, Skip, _save  # noqa: E402
+from analysis.selection import mixed  # noqa: E402
 from analysis.stats import where  # noqa: E402
 
 EXPERIMENTS = {"cifar10-cnn": "simple CNN", "cifar10-cnn-nodropout": "no-dropout CNN",
@@ -89,8 +90,19 @@ def _nan_mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.nanmean(values, 0), std
 
 
+def _mixed(tables, table: str, name: str) -> Skip | None:
+    """A Skip when trials of one experiment differ in a setting the figure would average over."""
+    if table not in tables:
+        return None
+    rows = where(tables[table], experiment=[*EXPERIMENTS, "mask-stability"])
+    reason = mixed(rows, ("experiment",)) if rows.num_rows else None
+    return Skip(name, reason) if reason else None
+
+
 # -- Fig. 6 -------------------------------------------------------------------------------------------
 def _per_class_bars(tables, out, name: str, title: str, ylabel: str, statistic, paper: dict) -> Figure | Skip:
+    if refused := _mixed(tables, "confusion", name):
+        return refused
     data = _removal_data(tables)
     if not data:
         return Skip(name, "needs the confusion table of a class-removal trial with all 11 masks "
@@ -150,6 +162,8 @@ def _matrix(ax, matrix: np.ndarray, classes: list[str], title: str, diverging: b
 
 def figure_18(tables, out):
     name = "fig18_confusion_control"
+    if refused := _mixed(tables, "confusion", name):
+        return refused
     found = {e: d for e in EXPERIMENTS if (d := confusion_matrices(tables, e)) and CONTROL in d[1]}
     if not found:
         return Skip(name, "needs the confusion table of a class-removal trial (mask 'all')")
@@ -168,6 +182,8 @@ def figure_18(tables, out):
 
 def _difference_figure(tables, out, experiment: str):
     name = f"{DIFFERENCE_FIGURES[experiment]}_confusion_difference_{experiment}"
+    if refused := _mixed(tables, "confusion", name):
+        return refused
     data = confusion_matrices(tables, experiment)
     if data is None or relative_drops(*data) is None:
         return Skip(name, f"needs a complete class-removal trial of {experiment}")
@@ -205,6 +221,8 @@ def figure_iou(tables, out):
     name = "figB1_mask_iou"
     if "mask_iou" not in tables:
         return Skip(name, "needs the mask_iou table of mask-stability trials")
+    if refused := _mixed(tables, "mask_iou", name):
+        return refused
     rows = where(tables["mask_iou"], layer="all").select(["trial_id", "pair", "iou"]).to_pylist()
     values = np.array([r["iou"] for r in rows if r["iou"] is not None], dtype=float)
     if not len(values):

@@ -15,6 +15,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 
 from analysis.figures import Figure, Skip, _bars, _save  # noqa: E402
+from analysis.selection import mixed  # noqa: E402
 from analysis.stats import mean_std, where, with_ratio  # noqa: E402
 
 LAYER_COLUMNS = ["experiment", "seed", "after_task", "layer", "parameter", "kept", "shared_with_earlier"]
@@ -79,6 +80,8 @@ def _sharing_figure(tables, out, name: str, experiment: str, title: str, paper: 
         return layers
     if experiment not in set(layers.column("experiment").to_pylist()):
         return Skip(name, f"needs trials of {experiment}")
+    if reason := mixed(where(layers, experiment=experiment)):
+        return Skip(name, reason)
     layer_names, tasks, rows = sharing_percentages(layers, experiment)
     if not tasks:
         return Skip(name, f"{experiment} has no second task (T2) yet")
@@ -136,6 +139,8 @@ def figure_accuracy(tables, out):
     if isinstance(table, Skip):
         return table
     experiments = sorted(set(table.column("experiment").to_pylist()))
+    if reason := mixed(table, ("experiment",)):
+        return Skip(name, reason)
     fig, ax = plt.subplots(figsize=(7, 3.5))
     numbers = {}
     for experiment in experiments:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 
 from analysis.figures import Figure, Skip, _bars, _lookup, _save
+from analysis.selection import mixed
 from analysis.stats import mean_std, where
 
 EXPERIMENTS = ["scan-lstm", "scan-transformer"]
@@ -24,7 +25,10 @@ def _present(tables, table: str, name: str):
         return Skip(name, f"no {table} table")
     present = set(tables[table].column("experiment").to_pylist())
     experiments = [e for e in EXPERIMENTS if e in present]
-    return experiments or Skip(name, f"no {' or '.join(EXPERIMENTS)} rows in the {table} table")
+    if not experiments:
+        return Skip(name, f"no {' or '.join(EXPERIMENTS)} rows in the {table} table")
+    reason = mixed(where(tables[table], experiment=experiments), ("experiment",))
+    return Skip(name, reason) if reason else experiments
 
 
 def _panels(tables, table: str, name: str):
