@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from analysis.data import AnalysisInputError
+
 # Top-level config keys (pipeline.config.ExperimentConfig) besides the dotted section keys.
 TOP_LEVEL_KEYS = ("experiment", "study", "task", "task_version", "sweep", "seed", "device", "data_dir",
                   "eval_size", "checkpoint_every", "log_every")
@@ -22,7 +24,7 @@ TOP_LEVEL_KEYS = ("experiment", "study", "task", "task_version", "sweep", "seed"
 NOT_RESULT_KEYS = ("trial_id", "seed", "sweep", "data_dir", "log_every", "checkpoint_every", "mask.pack")
 
 
-class SelectionError(ValueError):
+class SelectionError(AnalysisInputError):
     """--where names a key or value that no trial has; the message says what there is."""
 
 
