@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 
+from analysis import paper as said  # noqa: E402
 from analysis.selection import groups  # noqa: E402
 from analysis.stats import mean_std, where, with_ratio  # noqa: E402
 
@@ -32,7 +33,8 @@ class Figure:
     title: str
     files: list[Path]
     numbers: dict = field(default_factory=dict)  # key numbers we measured
-    paper: dict = field(default_factory=dict)  # the paper's values for the same quantities
+    paper: dict = field(default_factory=dict)  # quantity (a substring of a numbers key) -> analysis.paper.Quote
+    reading: dict = field(default_factory=dict)  # quantity -> our reading of our numbers beside the paper
 
 
 @dataclass
@@ -123,13 +125,13 @@ def _layer_order(layer: str):
 def figure_1(tables, out):
     return _sharing_per_layer(tables, out, "fig01_sharing_per_layer_addmul", ADDMUL,
                               "Fig. 1: weights shared between add and mul, per layer",
-                              {"pattern": "more sharing in the input and output layers than in the hidden layers"})
+                              {"sharing per layer": said.FIG1_IO_SHARING})
 
 
 def figure_13(tables, out):
     return _sharing_per_layer(tables, out, "fig13_sharing_per_layer_double_add", DOUBLE_ADD,
                               "Fig. 13: weights shared between pair 1 and pair 2, per layer",
-                              {"pattern": "sharing is low; first and last FNN layers share no weights"})
+                              {"sharing": said.FIG13_LOW, "first and last layers": said.FIG13_ZERO})
 
 
 # -- accuracy with (inverted) masks: Figs. 2, 10, 14 -----------------------------------------------
@@ -159,20 +161,20 @@ PAIR_MASKS, PAIRS = ["none", "pair1", "pair2", "not-pair1", "not-pair2"], ["pair
 def figure_2(tables, out):
     return _mask_accuracy(tables, out, "fig02_double_add_accuracy", ["double-add-fnn", "double-add-lstm"],
                           PAIR_MASKS, PAIRS, "Fig. 2: double addition, accuracy per pair with each mask",
-                          {"¬pair1 on pair2": "only a slight drop: the modules are independent"})
+                          {"mask not-pair": said.FIG2_INDEPENDENT})
 
 
 def figure_14(tables, out):
     return _mask_accuracy(tables, out, "fig14_double_add_sequential_accuracy", ["double-add-lstm-sequential"],
                           PAIR_MASKS, PAIRS, "Fig. 14: LSTM with one pair at a time",
-                          {"pattern": "no better separation than when the LSTM schedules freely (Fig. 2)"})
+                          {"against Fig. 2": said.FIG14_NO_IMPROVEMENT})
 
 
 def figure_10(tables, out):
     return _mask_accuracy(tables, out, "fig10_addmul_inverted_masks", ADDMUL,
                           ["none", "add", "mul", "not-add", "not-mul"], ["add", "mul"],
                           "Fig. 10: add/mul accuracy with masks and inverted masks",
-                          {"inverted masks": "perform poorly on both operations (limited separation)"})
+                          {"mask not-": said.FIG10_INVERTED})
 
 
 # -- Fig. 11: weights per operation --------------------------------------------------------------------
@@ -194,7 +196,7 @@ def figure_11(tables, out):
         numbers[f"{experiment} mul/add weights"] = f"{ratio:.2f}x"
     fig.suptitle("Fig. 11: weights used per operation", y=1.03)
     return Figure(name, "Fig. 11: weights per operation per layer", _save(fig, out, name), numbers,
-                  {"mul/add weights": "3.8x"})
+                  {"mul/add weights": said.FIG11_RATIO})
 
 
 def multiplication_to_addition_ratio(layers: pa.Table) -> float:
@@ -236,7 +238,7 @@ def figure_12(tables, out):
                     for o in ("add", "mul", "none"))
     fig.suptitle("Fig. 12: operation performed (rows: asked, columns: performed)", y=1.03)
     return Figure(name, "Fig. 12: operation actually performed under each mask", _save(fig, out, name), numbers,
-                  {"pattern": "FNN performs the mask's operation; LSTM produces invalid outputs"})
+                  {"operation performed": said.FIG12_BEHAVIOUR})
 
 
 # -- Fig. 7: histograms of σ(l) --------------------------------------------------------------------
@@ -275,7 +277,7 @@ def figure_7(tables, out):
         ax.set_xlabel("σ(l)")
         ax.legend(fontsize=7)
     return Figure(name, "Fig. 7: histogram of mask probabilities σ(l)", _save(fig, out, name), numbers,
-                  {"pattern": "σ(l) concentrates at 0 and 1, so thresholding at 0.5 is safe"})
+                  {"[0.1, 0.9)": said.FIG7_THRESHOLD, f"< {LOW_CUTOFF:g}": said.FIG7_LOW_VALUES})
 
 
 def _histogram(table: pa.Table) -> tuple[np.ndarray, np.ndarray, float | None]:
@@ -333,7 +335,10 @@ def figure_8(tables, out):
         ax.set_title(f"size {group.label}" if group.label else "")
         numbers[f"recommended β, {group.label or 'all'}"] = recommended
     fig.suptitle("Fig. 8: β sensitivity (colour: total sharing %)", y=1.03)
-    return Figure(name, "Fig. 8: sensitivity to β", _save(fig, out, name), numbers, {"chosen β": 1e-4})
+    return Figure(name, "Fig. 8: sensitivity to β", _save(fig, out, name), numbers,
+                  {"recommended β": said.FIG8_HEURISTIC, "red line and star": said.FIG8_CHOSEN,
+                   "chosen β": said.FIG8_BETA, "sensitivity": said.FIG8_INSENSITIVE},
+                  {"recommended β": "the heuristic of App. C.2 on our control masks; drawn beside the paper's β = 1e-4"})
 
 
 def _beta_panel(ax, fig, metrics: pa.Table, layers: pa.Table) -> float | None:
@@ -395,8 +400,7 @@ def figure_9(tables, out):
     if len(lines) > 1:
         ax.legend(fontsize=7)
     return Figure(name, "Fig. 9: sharing against network size", _save(fig, out, name), numbers,
-                  {"pattern": "underfitting networks share more; sharing still falls as the network grows "
-                              "beyond the size that solves the task (App. C.3)"})
+                  {"size": said.FIG9_CHANGES, "underfitting": said.FIG9_UNDERFITTING})
 
 
 ALL_FIGURES = [figure_1, figure_2, figure_7, figure_8, figure_9, figure_10, figure_11, figure_12, figure_13, figure_14]

@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 
 from analysis.figures import Figure, Skip, _bars, _lookup, _save  # noqa: E402
+from analysis import paper as said  # noqa: E402
 from analysis.selection import mixed  # noqa: E402
 from analysis.stats import mean_std, where  # noqa: E402
 
@@ -37,8 +38,7 @@ def figure_5(tables, out) -> Figure | Skip:
     fig.suptitle("Fig. 5: Mathematics Dataset, hard validation split", y=1.02)
     return Figure(name, "Fig. 5: Mathematics Dataset, accuracy on hard", _save(fig, out, name),
                   _numbers(rows, modules),
-                  {"pattern": "a consistent drop on hard with the easy mask (5 seeds per module)",
-                   PAPER_CLAIM: "every module"})
+                  {PAPER_CLAIM: said.FIG5_DROP, "(n=": said.FIG5_SEEDS})
 
 
 def _numbers(rows: list[dict], modules: list[str]) -> dict:

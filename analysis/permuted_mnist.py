@@ -15,25 +15,16 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 
 from analysis.figures import Figure, Skip, _bars, _save  # noqa: E402
+from analysis import paper as said  # noqa: E402
 from analysis.selection import mixed  # noqa: E402
 from analysis.stats import mean_std, where, with_ratio  # noqa: E402
 
 LAYER_COLUMNS = ["experiment", "seed", "after_task", "layer", "parameter", "kept", "shared_with_earlier"]
 ACCURACY_COLUMNS = ["experiment", "seed", "after_task", "evaluated_task", "accuracy"]
 
-_FILLING = "little sharing while free capacity remains"
-_PAPER_DEFAULT = {
-    "layer 1 (input, permuted)": "low: a new permutation needs its own first layer",
-    "layer 2": _FILLING,
-    "layer 3": _FILLING,
-    "layer 4 (output)": "fills first (lowest capacity): the most sharing, rising task by task",
-    "all layers": "weights become shared only once capacity is full",
-}
-_PAPER_PREFER_OLD = {
-    "layer 1 (input, permuted)": "rises, which should not happen (the permuted layer cannot be reused)",
-    "layer 4 (output)": "fills first: the most sharing",
-    "all layers": "higher than Fig. 3 but far from the ideal 100 %: more than half of the weights stay unique",
-}
+_PAPER_DEFAULT = {"(output)": said.FIG3_OUTPUT, "all layers": said.FIG3_LITTLE_SHARING}
+_PAPER_PREFER_OLD = {"(input, permuted)": said.FIG15_FIRST_LAYER, "(output)": said.FIG15_OUTPUT,
+                     "all layers": said.FIG15A_UNIQUE}
 
 
 def sharing_percentages(layers: pa.Table, experiment: str) -> tuple[list[str], list[int], list[dict]]:
@@ -128,7 +119,7 @@ def figure_15a(tables, out):
 def figure_15b(tables, out):
     return _sharing_figure(tables, out, "fig15b_permuted_mnist_prefer_old_more", "permuted-mnist-prefer-old-more",
                            "Fig. 15b: sharing, new masks start at logit 2 on used weights, -1 on free ones",
-                           _PAPER_PREFER_OLD | {"all layers": "more than Fig. 15a, still far from 100 %"})
+                           _PAPER_PREFER_OLD | {"all layers": said.FIG15B_MORE})
 
 
 def figure_accuracy(tables, out):
@@ -158,8 +149,8 @@ def figure_accuracy(tables, out):
     ax.legend(fontsize=8)
     title = "Permuted MNIST: each task's accuracy after the last task"
     ax.set_title(title, fontsize=10)
-    paper = {"largest change": "0 (used weights are frozen: no forgetting)"}
-    return Figure(name, title, _save(fig, out, name), numbers, paper)
+    return Figure(name, title, _save(fig, out, name), numbers, {"largest change": said.FROZEN},
+                  {"largest change": "frozen weights: it must be exactly 0"})
 
 
 def _largest_change(rows: pa.Table) -> float | str:

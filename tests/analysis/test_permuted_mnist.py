@@ -61,7 +61,8 @@ def test_report_has_the_paper_column(tmp_path):
                                   "mask": "task0", "subtask": "task0", "accuracy": 0.9}])
     report, outcomes = analyze([tmp_path], tmp_path / "out")
     text = report.read_text()
-    assert "Fig. 3" in text and "fills first" in text and "a new permutation needs its own first layer" in text
+    assert "Fig. 3" in text and "The last layer has the lowest capacity, filling up first" in text
+    assert "a new permutation needs its own first layer" not in text  # our inference, not the paper's words
 
 
 def test_largest_change_is_not_measurable_after_a_single_evaluation(tmp_path):
