@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from analysis import cifar10, mathematics, permuted_mnist, scan
+from analysis import cifar10, convergence, mathematics, permuted_mnist, scan
 from analysis.data import load_tables
 from analysis.figures import ALL_FIGURES, Skip
 from analysis.paper import Quote
@@ -29,9 +29,11 @@ def analyze(results_dirs: list[Path], out: Path, sweep: str | None = None,
 def render(outcomes: list, results_dirs, sweep, tables, where: dict | None = None) -> str:
     trials = len({trial for table in tables.values() for trial in table.column("trial_id").unique().to_pylist()})
     selected = "; ".join(f"{k} = {' or '.join(repr(v) for v in values)}" for k, values in (where or {}).items())
+    checks = convergence.section(tables)
     lines = [f"# Analysis of {sweep or ', '.join(map(str, results_dirs))}", "",
              *([f"Trials selected by {selected}.", ""] if selected else []),
-             f"{trials} trials. Mean ± standard deviation over seeds.", ""]
+             f"{trials} trials. Mean ± standard deviation over seeds.", "",
+             f"Convergence (last section): {checks[2]}", ""]
     for outcome in outcomes:
         if isinstance(outcome, Skip):
             lines += [f"## {outcome.name} — skipped", "", f"{outcome.reason}.", ""]
@@ -39,7 +41,7 @@ def render(outcomes: list, results_dirs, sweep, tables, where: dict | None = Non
         lines += [f"## {outcome.title}", "", f"![{outcome.name}]({outcome.files[0].name})", "",
                   "| quantity | measured | paper (its words, where it says them) | our reading |", "|---|---|---|---|",
                   *_figure_rows(outcome), ""]
-    return "\n".join(lines)
+    return "\n".join(lines + checks)
 
 
 def _figure_rows(figure) -> list[str]:
