@@ -148,3 +148,34 @@ def test_study_figures_refuse_to_average_other_settings(tmp_path):
         assert isinstance(skipped, Skip) and "model.size (2 values: a, b)" in skipped.reason, (draw, skipped)
         assert "--where model.size=a" in skipped.reason
     assert isinstance(figure_iou(select(tables, parse_where(["model.size=a"])), tmp_path / "out"), Figure)
+
+
+def test_a_folder_of_alpha_sensitivity_and_sharing_vs_capacity_smoke_sweeps(tmp_path):
+    """The issue's check: Figs. 1, 9, 10, 11 per β, Fig. 8 with both markers (smoke grids of both sweeps)."""
+    from analysis.report import analyze
+
+    points = [("alpha-sensitivity", "small", b) for b in (1e-5, 1e-4, 1e-3)] + [
+        ("sharing-vs-capacity", size, 1e-4) for size in ("small", "400,400,400,400")]
+    layers, metrics = [], []
+    for sweep, size, beta in points:
+        for seed in (0, 1):
+            trial = f"{sweep}-{size}-{beta}-{seed}"
+            base = {"trial_id": trial, "experiment": "addmul-fnn", "sweep": sweep, "seed": seed, "model.size": size,
+                    "mask.beta": beta}
+            layers += [base | {"mask": m, "layer": layer, "total": 100, "kept": 50, "shared": 25}
+                       for m in ("add", "mul") for layer in ("layers.0", "all")]
+            metrics += [base | {"mask": m, "subtask": s, "accuracy": 0.9} for m in ("none", "add", "mul", "not-add",
+                                                                                   "not-mul", "full")
+                        for s in ("add", "mul", "full")]
+    _write(tmp_path, "layers", layers)
+    _write(tmp_path, "metrics", metrics)
+    report, outcomes = analyze([tmp_path], tmp_path / "out")
+    drawn = {o.name: o for o in outcomes if isinstance(o, Figure)}
+    for name in ("fig01_sharing_per_layer_addmul", "fig10_addmul_inverted_masks", "fig11_weights_per_operation"):
+        assert any("(small, mask.beta=1e-05)" in key for key in drawn[name].numbers), name
+        assert any("(400,400,400,400, mask.beta=0.0001)" in key for key in drawn[name].numbers), name
+    assert set(drawn["fig09_sharing_vs_size"].numbers) == {
+        "mask.beta=1e-05: size small", "mask.beta=0.0001: size small", "mask.beta=0.0001: size 400,400,400,400",
+        "mask.beta=0.001: size small"}
+    assert drawn["fig08_beta_sensitivity"].numbers == {"recommended β, small": 1e-3}  # 0.9 ≥ 95 % of 0.9
+    assert "red line and star" in report.read_text()
