@@ -269,7 +269,8 @@ def figure_7(tables, out):
         middle = counts[(left >= 0.1) & (left < 0.9)].sum() / counts.sum()
         numbers[f"{group.label}: share of σ(l) in [0.1, 0.9)"] = f"{100 * middle:.2f}%"
         if low is not None:
-            numbers[f"{group.label}: share of σ(l) < {LOW_CUTOFF:g} (left out of a)"] = f"{100 * low / counts.sum():.2f}%"
+            share = f"{100 * low / counts.sum():.2f}%"
+            numbers[f"{group.label}: share of σ(l) < {LOW_CUTOFF:g} (left out of a)"] = share
     linear.set_title("(a) linear, first bin removed (no count below 0.0002 recorded)" if whole_first_bin
                      else f"(a) linear, σ(l) < {LOW_CUTOFF:g} removed")
     log.set_title("(b) all, log scale")
@@ -338,7 +339,7 @@ def figure_8(tables, out):
     return Figure(name, "Fig. 8: sensitivity to β", _save(fig, out, name), numbers,
                   {"recommended β": said.FIG8_HEURISTIC, "red line and star": said.FIG8_CHOSEN,
                    "chosen β": said.FIG8_BETA, "sensitivity": said.FIG8_INSENSITIVE},
-                  {"recommended β": "the heuristic of App. C.2 on our control masks; drawn beside the paper's β = 1e-4"})
+                  {"recommended β": "App. C.2's heuristic on our control masks; drawn beside the paper's β = 1e-4"})
 
 
 def _beta_panel(ax, fig, metrics: pa.Table, layers: pa.Table) -> float | None:
@@ -353,8 +354,9 @@ def _beta_panel(ax, fig, metrics: pa.Table, layers: pa.Table) -> float | None:
                         zorder=3)
     fig.colorbar(points, ax=ax, label="total sharing [%]")
     recommended = next(iter(recommend_beta(metrics).values()), None)
+    heuristic = f"heuristic's β = {recommended:g} (App. C.2)" if recommended else ""
     for beta, style, label in ((PAPER_BETA, "r", "paper's chosen β = 1e-4 (Fig. 8, App. C.3)"),
-                               (recommended, "m", f"heuristic's β = {recommended:g} (App. C.2)" if recommended else "")):
+                               (recommended, "m", heuristic)):
         if beta is None:
             continue
         ax.axvline(beta, color=style, linestyle="-" if style == "r" else "--", label=label)

@@ -74,7 +74,8 @@ def differing_keys(settings: dict[str, dict], within: tuple[str, ...] = ()) -> d
     return {key: sorted(values, key=_sort_key) for key, values in sorted(differing.items())}
 
 
-def groups(table: pa.Table, by: tuple[str, ...] = (), across: tuple[str, ...] = (), limit: int = 8) -> list[Group] | str:
+def groups(table: pa.Table, by: tuple[str, ...] = (), across: tuple[str, ...] = (),
+           limit: int = 8) -> list[Group] | str:
     """One Group per setting of `by` plus every other key that differs among trials agreeing on `by`
     and `across` (the keys a figure puts on an axis), sorted; or, when that makes more than `limit`
     groups, the reason the figure cannot show them (names the keys and a --where that selects)."""

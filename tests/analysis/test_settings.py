@@ -85,8 +85,8 @@ def test_fig8_marks_the_papers_beta_and_the_heuristics_both_labelled(tmp_path):
         for beta, control in ((1e-5, 0.99), (1e-4, 0.97), (1e-3, 0.96), (1e-2, 0.5)):
             rows.append(_metrics_row(f"t{seed}-{beta}", seed, "big", beta, "full", "full", control))
     metrics = pa.Table.from_pylist(rows)
-    layers = pa.Table.from_pylist([_layers_row(r["trial_id"], r["seed"], "big", r["mask.beta"], "add", "all", 100, 50, 25)
-                                   for r in rows])
+    layers = pa.Table.from_pylist([_layers_row(r["trial_id"], r["seed"], "big", r["mask.beta"], "add", "all",
+                                               100, 50, 25) for r in rows])
     fig, ax = plt.subplots()
     recommended = _beta_panel(ax, fig, metrics, layers)
     assert recommended == 1e-3  # largest β with ≥ 95 % of the unmasked 100 % (App. C.2)
