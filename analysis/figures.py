@@ -361,7 +361,7 @@ def _beta_panel(ax, fig, metrics: pa.Table, layers: pa.Table) -> float | None:
             continue
         ax.axvline(beta, color=style, linestyle="-" if style == "r" else "--", label=label)
         near = min(rows, key=lambda r: abs(np.log(r["mask.beta"]) - np.log(beta)))
-        ax.plot([beta], [100 * near["mean"]], f"{style}*", ms=14 if style == "r" else 10)
+        ax.plot([beta], [100 * near["mean"]], f"{style}*", ms=14 if style == "r" else 10, zorder=4)
     ax.set_xscale("log")
     ax.set_xlabel("β")
     ax.set_ylabel("control-mask accuracy [%]")
