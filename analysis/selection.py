@@ -100,7 +100,8 @@ def mixed(table: pa.Table, by: tuple[str, ...] = ()) -> str | None:
 
 
 def _label(settings: dict, shown: list[str], by: tuple[str, ...]) -> str:
-    """'addmul-fnn (model.size=small, mask.beta=0.0001)': the `by` values bare, other keys by name."""
+    """'addmul-fnn (small, mask.beta=0.0001)': the `by` values bare (the first one shown always, the
+    others where they differ between groups), every other differing key by name."""
     bare = [_format(settings[k]) for k in by if k in settings and k in shown]
     named = [f"{k}={_format(settings[k])}" for k in shown if k not in by]
     head = " ".join(bare[:1])
