@@ -31,6 +31,21 @@ def _fail(message: str) -> None:
     raise click.ClickException(message)
 
 
+def _scale_options(command):
+    """--scale paper|cpu|smoke, and --smoke as its shorthand."""
+    from pipeline.experiments import SCALE_HELP, SCALES
+
+    command = click.option("--smoke", is_flag=True, help="Shorthand for --scale smoke.")(command)
+    return click.option("--scale", type=click.Choice(SCALES), default=None,
+                        help="; ".join(f"{k}: {v}" for k, v in SCALE_HELP.items()) + " (default: paper).")(command)
+
+
+def _scale(scale: str | None, smoke: bool) -> str:
+    if smoke and scale not in (None, "smoke"):
+        _fail(f"--smoke and --scale {scale} contradict each other; give one of them")
+    return "smoke" if smoke else scale or "paper"
+
+
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def main(verbose: bool):
@@ -47,20 +62,32 @@ def list_command():
     import dataclasses as dc
 
     from models.registry import model_families
-    from pipeline.experiments import EXPERIMENTS, SWEEPS, experiment_names
+    from pipeline.experiments import EXPERIMENTS, SCALE_HELP, SWEEPS, experiment_names
+    from pipeline.studies import get_study, study_names
     from tasks import task_class, task_names
 
     experiment_names()
-    click.echo("sweeps (pipeline sweep NAME):")
+    click.echo("scales (--scale NAME; --smoke is --scale smoke):")
+    for name, text in SCALE_HELP.items():
+        click.echo(f"  {name}: {text}")
+    click.echo("\nsweeps (pipeline sweep NAME [--scale S]):")
     for name, spec in SWEEPS.items():
-        grid = ", ".join(f"{k} in {v}" for k, v in spec.grid.items())
-        click.echo(f"  {name}: {spec.description}; experiments {', '.join(spec.experiments)}; {grid or 'no grid'};"
-                   f" {spec.seeds} seeds")
-    click.echo("\nexperiments (pipeline run NAME):")
+        click.echo(f"  {name}: {spec.description}")
+        for scale in ("paper", "cpu", "smoke"):
+            if scale != "cpu" or scale in spec.scales:
+                at = spec.at(scale)
+                grid = ", ".join(f"{k} in {v}" for k, v in at.grid.items())
+                click.echo(f"    {scale}: experiments {', '.join(at.experiments)}; {grid or 'no grid'}; {at.seeds} seeds")
+    click.echo("\nstudies (recipes; the key `study`):")
+    for name in study_names():
+        click.echo(f"  {name}: {(inspect.getdoc(get_study(name)) or '').splitlines()[0]}")
+    click.echo("\nexperiments (pipeline run NAME [--scale S]):")
     for name, preset in EXPERIMENTS.items():
         click.echo(f"{name}: {preset.description}")
         for key, value in flatten(preset.config).items():
             click.echo(f"    {key} = {value}")
+        for scale, overrides in preset.scales.items():
+            click.echo(f"    --scale {scale}: " + (", ".join(f"{k}={v}" for k, v in overrides.items()) or "(as paper)"))
     click.echo("\ntasks (--set task=NAME, or an import path mypkg.tasks:MyTask):")
     for name in task_names():
         cls = task_class(name)
@@ -77,18 +104,18 @@ def list_command():
 @click.argument("experiment")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
-@click.option("--smoke", is_flag=True, help="Shrink steps and sizes for a quick look.")
+@_scale_options
 @click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
 @click.option("--storage", default=None, metavar="URI",
               help="Also keep finished stages here (s3://, gs://, file://...) and reuse what is there.")
 @_data_dir_option
-def run_command(experiment: str, seed: int, assignments: tuple[str, ...], smoke: bool, results_dir: Path,
-                storage: str | None, data_dir: Path | None):
+def run_command(experiment: str, seed: int, assignments: tuple[str, ...], scale: str | None, smoke: bool,
+                results_dir: Path, storage: str | None, data_dir: Path | None):
     """Pretrain, mask and evaluate one trial of EXPERIMENT (resumes where it stopped)."""
     from pipeline.run import run_trial
 
     try:
-        config = get_experiment(experiment, smoke=smoke)
+        config = get_experiment(experiment, scale=_scale(scale, smoke))
         config = override(dataclasses.replace(config, seed=seed),
                           _with_data_dir(parse_assignments(assignments), data_dir))
         result = run_trial(config, results_dir, storage_uri=storage)
@@ -106,8 +133,8 @@ def run_command(experiment: str, seed: int, assignments: tuple[str, ...], smoke:
 @main.command("sweep")
 @click.argument("name")
 @click.option("--seeds", type=click.IntRange(min=1), default=None,
-              help="Seeds per grid point (default: the preset's; 2 with --smoke).")
-@click.option("--smoke", is_flag=True, help="Smaller grid, fewer steps, 2 seeds: a look in minutes on 2 cores.")
+              help="Seeds per grid point (default: the sweep's at its scale; 2 with --smoke).")
+@_scale_options
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
 @click.option("--storage", default=None, metavar="URI",
@@ -126,15 +153,15 @@ def run_command(experiment: str, seed: int, assignments: tuple[str, ...], smoke:
               help="Resume the interrupted sweep (the default when its state exists); --no-resume starts anew.")
 @_data_dir_option
 @click.option("--verbose", is_flag=True, help="Tune's full output (trial configs, results, Ray worker logs).")
-def sweep_command(name, seeds, smoke, assignments, results_dir, storage, address, cpus_per_trial, gpus_per_trial,
+def sweep_command(name, seeds, scale, smoke, assignments, results_dir, storage, address, cpus_per_trial, gpus_per_trial,
                   max_failures, pack_size, resume, data_dir, verbose):
     """Run the sweep NAME on Ray Tune; started again, it resumes without redoing finished trials."""
     from pipeline.sweep import run_sweep, summary_lines
 
     try:
-        summary = run_sweep(name, results_dir, seeds, smoke, _with_data_dir(parse_assignments(assignments), data_dir),
+        summary = run_sweep(name, results_dir, seeds, False, _with_data_dir(parse_assignments(assignments), data_dir),
                             address, cpus_per_trial, gpus_per_trial, max_failures, resume, storage_uri=storage,
-                            verbose=verbose, pack_size=pack_size)
+                            verbose=verbose, pack_size=pack_size, scale=_scale(scale, smoke))
     except (KeyError, ValueError, TypeError, PermissionError, ConnectionError, FileNotFoundError, RuntimeError) as error:
         _fail(str(error.args[0]) if isinstance(error, KeyError) else str(error))
     for line in summary_lines(summary):

@@ -34,15 +34,15 @@ from tasks.registry import get_task
 log = logging.getLogger(__name__)
 
 
-SMOKE_SEEDS = 2  # --smoke runs 2 seeds unless --seeds says otherwise
 PACKABLE_PREFIX = "mask."  # grid axes whose trials share everything before the mask stage
 MAX_PACK = 16  # trials per pack by default with device=cuda
 MAX_PACK_CPU = 4  # ... and on a CPU (measured: packs of 3 even to 8 % faster, 16 slower; benchmarks/README.md)
 GPUS_PER_TRIAL_ON_CUDA = 0.25  # GPU share of a trial (or pack) with device=cuda and no --gpus-per-trial
 
 
-def param_space(spec: SweepSpec, seeds: int, smoke: bool, overrides: dict, pack_size: int = MAX_PACK_CPU) -> dict:
-    """Tune's grid: seeds are a grid axis (num_samples would repeat the whole grid).
+def param_space(spec: SweepSpec, seeds: int, scale: str, overrides: dict, pack_size: int = MAX_PACK_CPU) -> dict:
+    """Tune's grid of `spec` (already at `scale`, SweepSpec.at): seeds are a grid axis (num_samples
+    would repeat the whole grid).
 
     Grid axes of the mask stage (`mask.*`: β...) change nothing before the masks, so their grid
     points share one pretrained network and can train their masks in one pass: they are grouped
@@ -51,18 +51,39 @@ def param_space(spec: SweepSpec, seeds: int, smoke: bool, overrides: dict, pack_
     """
     from ray import tune
 
-    grid = spec.smoke_grid if smoke and spec.smoke_grid is not None else spec.grid
+    grid = spec.grid
     fixed = {k: v for k, v in overrides.items() if k not in grid}
-    for experiment in spec.experiments:  # fail on a bad key or value before starting Ray
-        for values in [dict(zip(grid, combo)) for combo in _product(grid)] or [{}]:
-            validate(override(get_experiment(experiment, smoke), {k: str(v) for k, v in (values | fixed).items()}))
+    resolve_grid(spec, scale, overrides)  # fail on a bad key or value before starting Ray
     packed = {k: v for k, v in grid.items() if k.startswith(PACKABLE_PREFIX)} if pack_size != 1 else {}
     space = {"experiment": tune.grid_search(list(spec.experiments)), "seed": tune.grid_search(list(range(seeds)))}
     space |= {key: tune.grid_search(list(values)) for key, values in grid.items() if key not in packed}
     if packed:
         groups = packs([dict(zip(packed, c)) for c in _product(packed)], pack_size)
         space["pack"] = tune.grid_search([{"label": _label(group), "members": group} for group in groups])
-    return space | {"fixed_overrides": fixed, "smoke": smoke}
+    return space | {"fixed_overrides": fixed, "scale": scale}
+
+
+_RESOLVED: dict[str, list[tuple]] = {}  # resolve_grid's results by sweep, scale and overrides
+
+
+def resolve_grid(spec: SweepSpec, scale: str, overrides: dict) -> list[tuple]:
+    """[(config, task)] of every experiment × grid point (seed 0), each validated: a bad key or value
+    fails here, before Ray starts. Resolved once per sweep run (param_space and the estimate share it)."""
+    key = repr((spec.experiments, spec.grid, scale, sorted(overrides.items())))
+    if key not in _RESOLVED:
+        fixed = {k: v for k, v in overrides.items() if k not in spec.grid}
+        _RESOLVED[key] = [(config, validate(config)) for experiment in spec.experiments
+                          for values in [dict(zip(spec.grid, combo)) for combo in _product(spec.grid)] or [{}]
+                          for config in [override(get_experiment(experiment, scale=scale), values | fixed)]]
+    return _RESOLVED[key]
+
+
+def sweep_workload(spec: SweepSpec, seeds: int, scale: str, overrides: dict):
+    """The sweep's training steps (pipeline.estimate), every seed of every grid point."""
+    from pipeline.estimate import workload
+
+    return workload([(dataclasses.replace(config, seed=seed), task)
+                     for config, task in resolve_grid(spec, scale, overrides) for seed in range(seeds)])
 
 
 def packs(members: list[dict], pack_size: int | None) -> list[list[dict]]:
@@ -86,11 +107,11 @@ def _product(grid: dict) -> list[tuple]:
 # -- the trial ----------------------------------------------------------------------------------------
 def member_configs(trial_config: dict) -> list:
     """The ExperimentConfig of each trial in this Tune trial (one, or the members of a pack)."""
-    config = get_experiment(trial_config["experiment"], trial_config["smoke"])
+    config = get_experiment(trial_config["experiment"], scale=trial_config["scale"])
     keys = {k: v for k, v in trial_config.items() if "." in k} | trial_config["fixed_overrides"]
     configs = []
     for member in trial_config.get("pack", {}).get("members") or [{}]:
-        member_config = override(config, {k: str(v) for k, v in (keys | member).items()})
+        member_config = override(config, keys | member)
         configs.append(dataclasses.replace(member_config, seed=int(trial_config["seed"]),
                                            sweep=trial_config["context"]["sweep"]))
     return configs
@@ -247,22 +268,28 @@ def run_sweep(
     storage_uri: str | None = None,
     verbose: bool = False,
     pack_size: int | None = None,
+    scale: str | None = None,
 ) -> SweepSummary:
     """Run (or resume) sweep `name`. resume=None: resume when the sweep's Tune state exists.
 
     pack_size: trials whose masks train in one pass (see param_space); resources are per pack.
-    A resumed sweep keeps the packs it started with."""
+    A resumed sweep keeps the packs it started with. scale: paper, cpu or smoke (smoke=True is
+    scale="smoke")."""
     if not verbose:  # read when ray is imported: no warning line per retry of a failing connection
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     import ray
     from ray import tune
 
-    spec = get_sweep(name)
+    scale = scale or ("smoke" if smoke else "paper")
+    spec = get_sweep(name).at(scale)
     if pack_size is not None and pack_size < 1:
         raise ValueError(f"pack size must be >= 1 (1: no packing), got {pack_size}")
-    devices = _trial_devices(spec, smoke, overrides or {})
+    devices = _trial_devices(spec, scale, overrides or {})
     pack_size = pack_size or default_pack_size(devices)
-    space = param_space(spec, seeds or (SMOKE_SEEDS if smoke else spec.seeds), smoke, overrides or {}, pack_size)
+    seeds = seeds or spec.seeds
+    space = param_space(spec, seeds, scale, overrides or {}, pack_size)
+    for line in sweep_workload(spec, seeds, scale, overrides or {}).lines(next(iter(sorted(devices)))):
+        print(f"sweep {name} ({scale} scale): {line}", flush=True)
     gpus_per_trial = _gpu_share(devices, gpus_per_trial)
     check_results_dir(Path(results_dir))
     results_dir = Path(results_dir).resolve()  # Ray runs trials in their own working directories
@@ -308,8 +335,8 @@ def _run_as_driver(name, space, results_dir, uri, storage, sweep_dir, resumed, a
     return summary
 
 
-def _trial_devices(spec: SweepSpec, smoke: bool, overrides: dict) -> set[str]:
-    return {str(overrides.get("device", get_experiment(e, smoke).device)) for e in spec.experiments}
+def _trial_devices(spec: SweepSpec, scale: str, overrides: dict) -> set[str]:
+    return {str(overrides.get("device", get_experiment(e, scale=scale).device)) for e in spec.experiments}
 
 
 def default_pack_size(devices: set[str]) -> int:
