@@ -84,3 +84,22 @@ def test_every_paper_cell_of_a_report_is_a_quote_from_the_paper_or_empty(tmp_pat
         text, source = re.fullmatch(r'"(.*)" \((.*)\)', cell).groups()
         assert _plain(text) in paper_text, cell
         assert _source_in_paper(source, paper_text), cell
+
+
+def _in_paper(cell: str, text: str) -> bool:
+    """Verbatim (parts joined by "..." each verbatim), or a stated number: every number in the cell is
+    in the paper."""
+    if all(_plain(part) in text for part in cell.split("...")):
+        return True
+    numbers = re.findall(r"\d+(?:\.\d+)?", cell)
+    return bool(numbers) and all(number in text for number in numbers)
+
+
+def test_the_findings_tables_paper_column_quotes_the_paper(paper_text):
+    from analysis.findings import FINDINGS
+
+    assert FINDINGS
+    for _, name, words, _ in FINDINGS:
+        assert _in_paper(words, paper_text), f"{name}: {words!r} is not in the paper"
+    assert not _in_paper("sharing still falls as the network grows", paper_text)  # the check can fail
+    assert not _in_paper("a new permutation needs its own first layer", paper_text)
