@@ -84,6 +84,15 @@ def _table_folder(results_dir, table: str):
     return (filesystem, folder) if filesystem.get_file_info(folder).type == pafs.FileType.Directory else None
 
 
+def trials_by_sweep(tables: dict[str, pa.Table]) -> dict[str, set[str]]:
+    """sweep ("" for single runs of `pipeline run`) -> the experiments it has trials of."""
+    found: dict[str, set[str]] = {}
+    for table in tables.values():
+        for sweep, experiment in zip(table.column("sweep").to_pylist(), table.column("experiment").to_pylist()):
+            found.setdefault(sweep or "", set()).add(experiment)
+    return found
+
+
 def _only_sweep(tables: dict[str, pa.Table], sweep: str, results_dirs) -> dict[str, pa.Table]:
     present = sorted({s for t in tables.values() for s in t.column("sweep").to_pylist()})
     selected = {n: t.filter(pc.equal(t["sweep"], sweep)) for n, t in tables.items()}

@@ -179,40 +179,77 @@ def sweep_command(name, seeds, scale, smoke, assignments, results_dir, storage, 
 @main.command("analyze")
 @click.argument("target")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
-              help="Where the sweep's results are (when TARGET is a sweep name).")
+              help="Where the results are (when TARGET is a sweep or an experiment name).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder for figures and report.md.")
-def analyze_command(target: str, results_dir: Path, out: Path | None):
-    """Draw the paper's figures from Parquet. TARGET: a sweep name, a results directory or a
-    storage URI (s3://, gs://, file://...)."""
+@click.option("--where", "where", multiple=True, metavar="KEY=VALUE",
+              help="Only trials whose recorded config key has this value, e.g. mask.beta=1e-4 (repeatable; "
+                   "a repeated key means any of its values).")
+def analyze_command(target: str, results_dir: Path, out: Path | None, where: tuple[str, ...]):
+    """Draw the paper's figures from Parquet. TARGET: a sweep name, an experiment name (its single
+    runs), a results directory or a storage URI (s3://, gs://, file://...)."""
     from analysis.data import AnalysisInputError
     from analysis.figures import Skip
     from analysis.report import analyze
-    from pipeline.experiments import sweep_names
+    from analysis.selection import parse_where
 
-    SWEEPS = sweep_names()
-    is_uri = "://" in target
-    is_sweep = target in SWEEPS and not Path(target).is_dir()
-    if not (is_sweep or is_uri or Path(target).is_dir()):
-        from tasks.registry import suggest
-
-        _fail(f"{target!r} is neither a sweep{suggest(target, SWEEPS)}, a results directory nor a storage URI")
-    directory = results_dir if is_sweep else target if is_uri else Path(target)
-    out = out or (results_dir / "analysis" / "storage" if is_uri else directory / "analysis" / (
-        target if is_sweep else "all"))
     try:
-        report, outcomes = analyze([directory], out, target if is_sweep else None)
+        directory, sweep, selection, note = _analysis_target(target, results_dir)
+        out = out or (results_dir / "analysis" / "storage" if "://" in target else directory / "analysis" / (
+            "all" if Path(target).is_dir() else target))
+        report, outcomes = analyze([directory], out, sweep, selection | parse_where(where))
     except AnalysisInputError as error:
         _fail(str(error))
+    if note:
+        click.echo(note)
     for outcome in outcomes:
         click.echo(f"  skipped {outcome.name}: {outcome.reason}" if isinstance(outcome, Skip)
                    else f"  drew    {outcome.files[0]}")
     click.echo(f"report: {report}")
-    if is_sweep:
+    if sweep:
         from pipeline import records
 
         uri = records.tracking_uri(directory)
-        run_id = records.log_analysis(uri, target, out)
-        click.echo(f"figures logged to the sweep's MLflow parent run {run_id}")
+        run_id = records.log_analysis(uri, sweep, out)
+        click.echo(f"figures logged to the sweep's MLflow parent run {run_id}" if run_id
+                   else f"no MLflow parent run of sweep {sweep!r} in {uri}: figures not logged to MLflow")
+
+
+def _analysis_target(target: str, results_dir: Path):
+    """-> (results folder, sweep to analyse or None, config selection, a note for the user).
+
+    A sweep name with no trials of that sweep falls back to the single runs (`pipeline run`) of its
+    experiments; an experiment name means its single runs. Otherwise the error says which command
+    would find the trials."""
+    from analysis.data import AnalysisInputError, load_tables, trials_by_sweep
+    from pipeline.experiments import experiment_names, get_sweep, sweep_names
+
+    if "://" in target or Path(target).is_dir():
+        return target if "://" in target else Path(target), None, {}, ""
+    sweeps, experiments = sweep_names(), experiment_names()
+    if target not in sweeps and target not in experiments:
+        from tasks.registry import suggest
+
+        raise AnalysisInputError(f"{target!r} is neither a sweep{suggest(target, sweeps)}, an experiment"
+                                 f"{suggest(target, experiments)}, a results directory nor a storage URI")
+    present = trials_by_sweep(load_tables([results_dir]))
+    if target in sweeps and target in present:
+        return results_dir, target, {}, ""
+    wanted = list(get_sweep(target).experiments) if target in sweeps else [target]
+    if present.get("", set()) & set(wanted):
+        note = (f"no trials of sweep {target!r} under {results_dir}: analysing the single runs of its experiments "
+                f"{', '.join(wanted)}" if target in sweeps else "")
+        return results_dir, None, {"experiment": wanted, "sweep": [""]}, note
+    raise AnalysisInputError(_where_the_trials_are(target, wanted, present, results_dir))
+
+
+def _where_the_trials_are(target: str, wanted: list[str], present: dict[str, set[str]], results_dir: Path) -> str:
+    holding = sorted(s for s, found in present.items() if s and found & set(wanted))
+    commands = [f"`pipeline analyze {s} --results-dir {results_dir}" + (
+        f" --where experiment={target}`" if target not in holding else "`") for s in holding]
+    held = ", ".join(f"{s or '(single runs)'}: {', '.join(sorted(e))}" for s, e in sorted(present.items()))
+    return (f"no trials of {target!r} under {results_dir} (it holds {held}); "
+            + (f"they are in sweeps: {'; '.join(commands)}" if commands else
+               f"make some with `pipeline run {wanted[0]}` or `pipeline sweep NAME`"))
 
 
 class _DatasetGroup(click.Group):

@@ -16,6 +16,7 @@ from models.masking import Masks, applied, iou, keep_probability_histogram, unio
 from pipeline.stages import TrialContext, accuracy, curve_file, load_network, mask_files
 
 HISTOGRAM_BINS = 500
+LOW_CUTOFF = 0.0002  # Fig. 7a: values below it are left out (10 % of the first of 500 bins)
 CONVERGENCE_WINDOW = 0.2  # the kept fraction is compared over the last 20 % of a mask's steps
 UNCERTAIN = (0.1, 0.9)  # σ(l) in [0.1, 0.9): a weight the mask has not decided on (Fig. 7)
 
@@ -80,14 +81,23 @@ def iou_rows(pairs: dict[str, tuple[Masks, Masks]]) -> list[dict]:
 
 
 def histogram_rows(ctx: TrialContext, mask_names: list[str]) -> list[dict]:
-    """Fig. 7: counts of σ(l) in 500 bins on [0, 1] per mask."""
+    """Fig. 7: counts of σ(l) in 500 bins on [0, 1] per mask. The first bin's row also says how many
+    of its values are below LOW_CUTOFF (`low_count`, `low_cutoff`; null on the other bins): Fig. 7a
+    leaves out only those, the "bottom 10% of the first bin", which the bin counts cannot tell."""
     rows = []
     for name in mask_names:
         logits = torch.load(mask_files(ctx, name)[1], weights_only=True)
         counts, edges = keep_probability_histogram(logits, HISTOGRAM_BINS)
-        rows += [{"mask": name, "bin_left": float(edges[i]), "bin_right": float(edges[i + 1]), "count": int(c)}
+        low = count_below(logits, LOW_CUTOFF)
+        rows += [{"mask": name, "bin_left": float(edges[i]), "bin_right": float(edges[i + 1]), "count": int(c),
+                  "low_count": low if i == 0 else None, "low_cutoff": LOW_CUTOFF if i == 0 else None}
                  for i, c in enumerate(counts)]
     return rows
+
+
+def count_below(logits: dict[str, torch.Tensor], cutoff: float) -> int:
+    """How many σ(l) over all masked weights are below `cutoff` (computed as the histogram computes σ)."""
+    return int(sum((torch.sigmoid(l.detach().float()) < cutoff).sum() for l in logits.values()))
 
 
 def convergence_rows(ctx: TrialContext, mask_names: list[str]) -> list[dict]:
