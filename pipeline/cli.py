@@ -252,6 +252,24 @@ def _where_the_trials_are(target: str, wanted: list[str], present: dict[str, set
                f"make some with `pipeline run {wanted[0]}` or `pipeline sweep NAME`"))
 
 
+@main.command("verify")
+@click.argument("results_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+def verify_command(results_dir: Path):
+    """Check a results folder: every finished trial's files against their recorded checksums, every
+    finished stage against its manifest, every Parquet file readable. Exit code 1 if anything is damaged."""
+    from pipeline.verify import damaged
+
+    problems, counts = damaged(results_dir)
+    for problem in problems:
+        click.echo(f"damaged: {problem}")
+    checked = ", ".join(f"{n} {what}" for what, n in counts.items())
+    if problems:
+        click.echo(f"{len(problems)} damaged file(s) ({checked} checked); run each damaged trial's command again "
+                   "to redo what made them")
+        raise SystemExit(1)
+    click.echo(f"intact: {checked}")
+
+
 class _DatasetGroup(click.Group):
     """One subcommand per registered dataset maker (tasks.dataset_names), loaded when asked for."""
 

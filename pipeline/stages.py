@@ -73,6 +73,7 @@ class TrialContext:
     log_metrics: Callable[[str, int, dict], None] = lambda stage, step, metrics: None
     stages_done: list = field(default_factory=list)
     pack: MaskPack | None = None
+    produced: list = field(default_factory=list)  # every file of the trial's finished stages (verified later)
 
     @property
     def trial_dir(self) -> Path:
@@ -94,6 +95,7 @@ class TrialContext:
             produce()
             write_manifest(files)
         self.storage.push(*relatives)
+        self.produced += files
         self.stages_done.append(name)
         self.on_stage(name)
 
@@ -106,6 +108,12 @@ def manifest_path(files: list[Path]) -> Path:
 
 def write_manifest(files: list[Path]) -> None:
     write_json_atomic({f.name: file_hash(f) for f in files}, manifest_path(files))
+
+
+def damaged_files(checksums: dict[str, str], root: Path) -> list[Path]:
+    """The files (relative to root) that are missing or no longer match their recorded sha256."""
+    return [root / name for name, expected in checksums.items()
+            if not (root / name).is_file() or file_hash(root / name) != expected]
 
 
 def is_finished(files: list[Path]) -> bool:
@@ -205,6 +213,7 @@ def pretrained_network(ctx: TrialContext, split: str | None = None) -> Path:
             train_network(ctx, split, folder, final)
             write_manifest(files)
     ctx.storage.push(*relatives)
+    ctx.produced += files
     name = "pretrain" if split == ctx.task.pretrain_split else f"pretrain {split}"
     ctx.stages_done.append(name)
     ctx.on_stage(name)
