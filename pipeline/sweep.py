@@ -253,6 +253,7 @@ class SweepSummary:
     resumed: bool
     interrupted: bool = False
     stopped_by: str = ""  # the signal that stopped the sweep: "SIGINT" (Ctrl-C) or "SIGTERM" (a scheduler)
+    finished_earlier: int = 0  # trials an earlier run finished (not run again)
 
 
 def run_sweep(
@@ -324,14 +325,14 @@ def _run_as_driver(name, space, results_dir, uri, storage, sweep_dir, resumed, a
                         "fail_first_attempt": fail_first_attempt}
     space["cpus_per_trial"] = cpus_per_trial
 
-    start = time.time()
+    start, before = time.time(), _attempts(space, results_dir)
 
     def stop_without_ray() -> None:
         """SIGTERM to the whole process group also stops Ray's own processes, and then Tune cannot end
         the sweep: record and say what the trial folders show, and exit as a stopped sweep does."""
         records.kill_running_children(uri, parent)
         summary = _summarise(name, _planned(space), results_dir, uri, parent, time.time() - start, resumed,
-                             "SIGTERM", space["context"]["driver"])
+                             "SIGTERM", before)
         records.finish_sweep_parent_run(uri, parent, dataclasses.asdict(summary))
         print("\n".join(summary_lines(summary)), flush=True)
         os._exit(143)
@@ -344,8 +345,7 @@ def _run_as_driver(name, space, results_dir, uri, storage, sweep_dir, resumed, a
         records.end_trial_run(uri, parent, error)
         raise
     records.kill_running_children(uri, parent)
-    summary = _summarise(name, grid, results_dir, uri, parent, time.time() - start, resumed, stopped_by,
-                         space["context"]["driver"])
+    summary = _summarise(name, grid, results_dir, uri, parent, time.time() - start, resumed, stopped_by, before)
     records.finish_sweep_parent_run(uri, parent, dataclasses.asdict(summary))
     return summary
 
@@ -586,10 +586,25 @@ def _planned(space: dict) -> list[_Planned]:
     return [_Planned(fixed | dict(zip(axes, combo))) for combo in itertools.product(*axes.values())]
 
 
-def _summarise(name, grid, results_dir, uri, parent, seconds, resumed, stopped_by, driver) -> SweepSummary:
+def _attempts(space: dict, results_dir: Path) -> dict[Path, tuple[int, bool]]:
+    """(attempts so far, finished) of every trial of the space, by trial folder: a resumed sweep's
+    trials keep the driver id they started with, so what ran in this run is told by comparing with
+    this snapshot from its start."""
+    attempts = {}
+    for planned in _planned(space):
+        for config in member_configs(planned.config):
+            folder = trial_folder(results_dir, config)
+            path = folder / "attempts.json"
+            attempts[folder] = (sum(json.loads(path.read_text()).values()) if path.exists() else 0,
+                                (folder / "recorded.json").exists())
+    return attempts
+
+
+def _summarise(name, grid, results_dir, uri, parent, seconds, resumed, stopped_by, before) -> SweepSummary:
     """Counts per trial (a pack counts each of its members), read from the trials' own folders:
-    done = recorded in Parquet and MLflow; failed = not done, in a Tune trial that ended in error."""
-    done = failed = retried = resumed_trials = total = 0
+    done = recorded in Parquet and MLflow; failed = not done, in a Tune trial that ended in error;
+    before: attempts per trial folder when this run started (_attempts)."""
+    done = failed = retried = resumed_trials = finished_earlier = total = 0
     for result in grid:
         for config in member_configs(result.config):
             folder = trial_folder(results_dir, config)
@@ -598,10 +613,13 @@ def _summarise(name, grid, results_dir, uri, parent, seconds, resumed, stopped_b
             done += finished
             failed += not finished and result.error is not None
             counts = json.loads((folder / "attempts.json").read_text()) if (folder / "attempts.json").exists() else {}
-            retried += counts.get(driver, 0) > 1
-            resumed_trials += bool(set(counts) - {driver})
+            ran_before, finished_before = before.get(folder, (0, False))
+            ran_now = sum(counts.values()) - ran_before
+            retried += ran_now > 1
+            resumed_trials += ran_before > 0 and not finished_before and ran_now > 0  # continued in this run
+            finished_earlier += finished_before
     return SweepSummary(name, done, failed, total - done - failed, retried, resumed_trials, seconds, results_dir,
-                        uri, parent, resumed, bool(stopped_by), stopped_by)
+                        uri, parent, resumed, bool(stopped_by), stopped_by, finished_earlier)
 
 
 def tracking_uri_for_cluster(uri: str, driver_ip: str) -> str:
@@ -641,7 +659,9 @@ def summary_lines(summary: SweepSummary) -> list[str]:
         f"{' INTERRUPTED' if summary.interrupted or summary.unfinished else ''}"
         f"{f' by {summary.stopped_by}' if summary.stopped_by else ''}: {summary.done} trials done, "
         f"{summary.failed} failed, {summary.unfinished} unfinished, {summary.retried} retried after a failure, "
-        f"{summary.resumed_trials} resumed from an earlier run, {summary.wall_seconds:.0f} s",
+        f"{summary.resumed_trials} resumed from an earlier run, "
+        f"{f'{summary.finished_earlier} finished in an earlier run, ' if summary.finished_earlier else ''}"
+        f"{summary.wall_seconds:.0f} s",
         f"Parquet:  {summary.results_dir / 'parquet'}",
         f"MLflow:   mlflow ui --backend-store-uri {shlex.quote(summary.tracking_uri)}  (parent run {summary.parent_run_id})",
     ]

@@ -113,11 +113,16 @@ def test_killed_driver_then_same_command_resumes(tmp_path):
         time.sleep(0.5)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+    time.sleep(2)  # a Ray worker outside the driver's process group may take a moment to die
     finished_before = len(list((tmp_path / "trials").glob("*/recorded.json")))
     assert finished_before >= 1
+    started = {f.parent for f in (tmp_path / "trials").glob("*/attempts.json")}
+    unfinished_started = {f for f in started if not (f / "recorded.json").exists()}
 
     summary = _sweep(tmp_path)  # the same sweep again: resumes
     assert summary.resumed and summary.failed == 0
+    # the summary counts what the folders showed before the resume: finished, started, never started
+    assert (summary.finished_earlier, summary.resumed_trials) == (finished_before, len(unfinished_started))
     _assert_each_trial_once(tmp_path, 4)
 
 
