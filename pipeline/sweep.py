@@ -427,12 +427,31 @@ def _fit(name, space, sweep_dir, storage, resumed, address, num_cpus, cpus_per_t
             )
         stopped = {"by": ""}  # Tune's own SIGINT handler ends fit() normally, its trials unfinished
         try:
-            with _sigterm_as_interrupt(stopped, stop_without_ray):
+            with _sigterm_as_interrupt(stopped, stop_without_ray), _without_tunes_resume_hint():
                 return tuner.fit(), stopped["by"]
         except KeyboardInterrupt:
             return tune.Tuner.restore(sweep_dir, trainable).get_results(), stopped["by"] or "SIGINT"
     finally:
         ray.shutdown()
+
+
+class _NoResumeHint(logging.Filter):
+    """Drops Tune's "Resume experiment with: Tuner.restore(...)": the sweep's summary says how to resume
+    (the same `pipeline sweep` command), and Tune's Python call is not what a user of the CLI runs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_tunes_resume_hint():
+    tune_log = logging.getLogger("ray.tune.tune")
+    hint = _NoResumeHint()
+    tune_log.addFilter(hint)
+    try:
+        yield
+    finally:
+        tune_log.removeFilter(hint)
 
 
 SIGTERM_GRACE_SECONDS = 20  # Tune ends a stopped sweep in about a second while Ray's processes live
