@@ -126,6 +126,8 @@ def test_fig_9_sizes_and_fig_8_networks():
     alpha = get_sweep("alpha-sensitivity").at("paper").grid
     assert alpha["model.size"] == ["medium", "big"]  # Fig. 8 (a) big, (b) medium
     assert min(alpha["mask.beta"]) == pytest.approx(1e-5) and max(alpha["mask.beta"]) == pytest.approx(1e-3)
+    assert 1e-4 in alpha["mask.beta"]  # Fig. 8: "The red line and the star indicate the value chosen" (1e-4)
+    assert len(alpha["mask.beta"]) == 25  # authors' addmul_ff_alpha_analysis: 26 entries, 1e-4 listed twice
 
 
 def test_every_preset_of_the_paper_is_pinned():
