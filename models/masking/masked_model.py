@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from torch.utils._pytree import tree_map
 
+from models.masking.attention import batched_attention
 from models.masking.batching import (
     any_requires_grad,
     attention_fast_path_disabled,
@@ -278,7 +279,8 @@ class MaskedModel(nn.Module):
             return functional_call(self.model, tensors, inputs_k, options, strict=False)
 
         in_dims = (0, 0, *tree_map(lambda x: 0 if torch.is_tensor(x) else None, sliced))
-        return vmap(one_sample, in_dims=in_dims, randomness="different")(stacked, per_sample_buffers, *sliced)
+        with batched_attention():  # attention as one call over the N samples, not N (models/masking/attention.py)
+            return vmap(one_sample, in_dims=in_dims, randomness="different")(stacked, per_sample_buffers, *sliced)
 
     def _looped(self, stacked: dict, shared: dict, sliced: list, options: dict):
         """K calls of the model, one per sample: a tree of [K, ...] outputs."""
