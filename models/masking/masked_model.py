@@ -59,14 +59,16 @@ class MaskedModel(nn.Module):
     propagates. The model's buffers never change: each forward works on copies (BatchNorm in train
     mode normalises with each slice's statistics and its running statistics stay as they were).
     Modules with an inference fast path (nn.MultiheadAttention, nn.Transformer*) run their
-    differentiable path in eval mode, with eval semantics.
+    differentiable path in eval mode, with eval semantics. Attention (scaled_dot_product_attention)
+    runs as one call over all samples (models/masking/attention.py), not once per sample.
 
     train_weights=False: the model's weights get requires_grad=False and never change.
     train_weights=True: the weights train with the masks, except entries where `frozen_weights`
     (name -> bool tensor) is True, which keep their value bit for bit.
     fused=True runs the element-wise mask work as torch.compile'd kernels that draw their noise
     in-kernel from a counter-based generator (faster per step, no K-stack of uniforms kept for
-    backward; seconds of compilation at the first step; see benchmarks/README.md).
+    backward; seconds of compilation at the first step; see benchmarks/README.md). Where they do
+    not compile, the first forward logs one warning and the eager path runs (`fused` becomes False).
 
     noise_generator: where the mask noise comes from (torch's global generator when None; a CPU
     generator for the fused path, one on the model's device otherwise). A pipeline gives each mask
