@@ -2,7 +2,7 @@
 
     python benchmarks/families.py [--threads 1] [--device cpu] [--repeats 5] [--round-seconds 0.5]
                                   [--families fnn lstm ...] [--resnet-blocks 1] [--profile FAMILY]
-                                  [--attention-per-sample]
+                                  [--compare-attention]
 
 Each family at its paper batch size and K (Transformers K = 8), the model in eval mode as the
 mask stage runs it, the parameters the pipeline masks (no biases; SCAN: no embeddings), Adam and
@@ -18,13 +18,15 @@ read the ratios). Batches are synthetic, with the real tasks' shapes (the step's
 shapes only), so the script needs no data set. Imports torch only.
 
 --profile FAMILY prints torch.profiler's table of the fused step of that family (where the time goes).
---attention-per-sample turns off models.masking's batched attention (vmap then runs attention once
-per mask sample, as before it), to measure what batching it gains.
+--compare-attention adds a fourth variant, interleaved with the others: the fused step with
+models.masking's batched attention turned off (vmap then runs attention once per mask sample, as
+before it), to measure what batching attention gains.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import statistics
@@ -38,7 +40,7 @@ from torch import Tensor, nn
 from models.cnn import build_cnn
 from models.fnn import FNN_SIZES, build_fnn
 from models.lstm import build_lstm
-from models.masking import MaskConfig, MaskedModel, ParameterFilter, make_optimizer, training_step
+from models.masking import MaskConfig, MaskedModel, ParameterFilter, make_optimizer, masked_model, training_step
 from models.masking.cpu_memory import keep_freed_cpu_memory
 from models.resnet import build_resnet
 from models.seq2seq_lstm import build_seq2seq_lstm
@@ -94,7 +96,8 @@ def _sequence_batch(batch: int, source: int, target: int, vocab_in: int, vocab_o
 
 def _image_batch(batch: int):
     def make(generator):
-        return (torch.randn(batch, 3, 32, 32, generator=generator),), torch.randint(0, 10, (batch,), generator=generator)
+        images = torch.randn(batch, 3, 32, 32, generator=generator)
+        return (images,), torch.randint(0, 10, (batch,), generator=generator)
     return make
 
 
@@ -148,7 +151,25 @@ def steps_of(family: Family, device: torch.device) -> dict[str, Callable[[], Non
         steps[name] = (lambda masked=masked, optimizer=optimizer: training_step(
             masked, optimizer, lambda: family.loss(masked(*inputs), targets), clip=family.clip))
         steps[f"{name} model"] = masked
+    fused_step = steps["fused"]
+
+    def fused_step_attention_per_sample():
+        with _attention_per_sample():
+            fused_step()
+
+    steps["fused, attention per sample"] = fused_step_attention_per_sample
     return steps
+
+
+@contextlib.contextmanager
+def _attention_per_sample():
+    """vmap's own per-sample attention instead of models.masking's batched attention."""
+    original = masked_model.batched_attention
+    masked_model.batched_attention = contextlib.nullcontext
+    try:
+        yield
+    finally:
+        masked_model.batched_attention = original
 
 
 def synchronize(device: torch.device) -> None:
@@ -167,10 +188,11 @@ def median_ms(step: Callable[[], None], count: int, device: torch.device) -> flo
     return 1000 * statistics.median(times)
 
 
-def measure(family: Family, round_seconds: float, repeats: int, device: torch.device, warmup: int = 2) -> dict:
+def measure(family: Family, round_seconds: float, repeats: int, device: torch.device, warmup: int = 2,
+            compare_attention: bool = False) -> dict:
     """{variant: median ms}, steps per round and the load average before and after."""
     functions = steps_of(family, device)
-    variants = ["plain", "eager", "fused"]
+    variants = ["plain", "eager", "fused"] + (["fused, attention per sample"] if compare_attention else [])
     for name in variants:
         for _ in range(warmup):
             functions[name]()
@@ -181,7 +203,8 @@ def measure(family: Family, round_seconds: float, repeats: int, device: torch.de
     load_before = os.getloadavg()[0]
     rounds = {name: [] for name in variants}
     for r in range(repeats):
-        for name in variants[r % 3:] + variants[:r % 3]:  # rotate, so that no variant always follows another
+        shift = r % len(variants)
+        for name in variants[shift:] + variants[:shift]:  # rotate, so that no variant always follows another
             rounds[name].append(median_ms(functions[name], steps, device))
     result = {name: statistics.median(times) for name, times in rounds.items()}
     return result | {"load": (load_before, os.getloadavg()[0]), "fused_kept": functions["fused model"].fused,
@@ -206,6 +229,9 @@ def profile(family: Family, device: torch.device, steps: int = 3) -> None:
 def row(key: str, family: Family, r: dict) -> str:
     plain = r["plain"]
     fused = f"{r['fused']:.1f} ({r['fused'] / plain:.2f}x)" + ("" if r["fused_kept"] else " [eager fallback]")
+    if "fused, attention per sample" in r:
+        per_sample = r["fused, attention per sample"]
+        fused += f" / attention per sample: {per_sample:.1f} ({per_sample / plain:.2f}x)"
     return (f"| {family.label} | {family.batch_size} | {family.num_samples} | {plain:.1f} | "
             f"{r['eager']:.1f} ({r['eager'] / plain:.2f}x) | {fused} | {r['steps']} | "
             f"{r['load'][0]:.1f}-{r['load'][1]:.1f} |")
@@ -224,14 +250,9 @@ def main() -> None:
     parser.add_argument("--resnet-blocks", type=int, default=1, help="BasicBlocks per stage (18: ResNet-110)")
     parser.add_argument("--families", nargs="+", default=None, help="keys of the families to run (default: all)")
     parser.add_argument("--profile", default=None, help="print the profiler table of this family's fused step")
-    parser.add_argument("--attention-per-sample", action="store_true",
-                        help="vmap's per-sample attention instead of models.masking's batched attention")
+    parser.add_argument("--compare-attention", action="store_true",
+                        help="a fourth variant, interleaved: the fused step with vmap's per-sample attention")
     args = parser.parse_args()
-    if args.attention_per_sample:
-        import contextlib
-
-        from models.masking import masked_model
-        masked_model.batched_attention = contextlib.nullcontext
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -241,12 +262,12 @@ def main() -> None:
         profile(table[args.profile], device)
         return
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} thread(s)"
-    attention = "per sample (vmap's fallback)" if args.attention_per_sample else "batched"
     print(f"{name}, torch {torch.__version__}, {args.repeats} interleaved rounds of about {args.round_seconds} s "
-          f"of plain steps, attention {attention}, glibc-keeps-freed-memory={kept}\n")
+          f"of plain steps, glibc-keeps-freed-memory={kept}\n")
     print(HEADER)
     for key in args.families or list(table):
-        print(row(key, table[key], measure(table[key], args.round_seconds, args.repeats, device)), flush=True)
+        result = measure(table[key], args.round_seconds, args.repeats, device, compare_attention=args.compare_attention)
+        print(row(key, table[key], result), flush=True)
 
 
 if __name__ == "__main__":

@@ -70,7 +70,8 @@ def kernels_against_cpu(device: torch.device) -> None:
         scale = cpu_grad.abs().max().item()
         record("same keys, CPU vs GPU", f"{list(shape)} K={num_samples}: masks differing",
                f"{differing} of {cpu_stack.numel()}")
-        record("same keys, CPU vs GPU", f"{list(shape)} K={num_samples}: logit gradient max |diff| / max |grad|",
+        record("same keys, CPU vs GPU",
+               f"{list(shape)} K={num_samples}: logit gradient max abs difference / max abs gradient",
                f"{(cpu_grad - gpu_grad).abs().max().item() / scale:.2e}")
 
 
@@ -91,7 +92,8 @@ def step_against_cpu(device: torch.device) -> None:
             training_step(masked, optimizer, lambda: torch.nn.functional.cross_entropy(masked(xs), ys))
         logits[where.type] = torch.cat([l.detach().cpu().flatten() for l in masked.logits])
     difference = (logits["cpu"] - logits[device.type]).abs().max().item()
-    record("same keys, CPU vs GPU", "FNN 400,400,200: logits after 3 fused steps, max |diff|", f"{difference:.2e}")
+    record("same keys, CPU vs GPU", "FNN 400,400,200: logits after 3 fused steps, max abs difference",
+           f"{difference:.2e}")
 
 
 def attention_on_device(device: torch.device) -> None:
@@ -110,8 +112,9 @@ def attention_on_device(device: torch.device) -> None:
     reference = torch.stack([attention(q[i], k[i], v[i], mask[i]) for i in range(8)])
     grads = torch.autograd.grad(batched.square().sum(), (q, k, v))
     reference_grads = torch.autograd.grad(reference.square().sum(), (q, k, v))
-    record("attention", "batched vs per-sample, output max |diff|", f"{(batched - reference).abs().max().item():.2e}")
-    record("attention", "batched vs per-sample, gradient max |diff|",
+    record("attention", "batched vs per-sample, output max abs difference",
+           f"{(batched - reference).abs().max().item():.2e}")
+    record("attention", "batched vs per-sample, gradient max abs difference",
            f"{max((a - b).abs().max().item() for a, b in zip(grads, reference_grads)):.2e}")
 
 

@@ -153,7 +153,7 @@ def test_a_masked_transformer_with_padding_and_causal_masks_equals_the_per_sampl
     reference_grads = torch.autograd.grad(reference.square().sum(), list(masked.logits))
     for name, g, r in zip(masked.names, grads, reference_grads):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5, msg=name)
-    assert _flash_calls(profile) == 2 + 2 * 2, "one attention call per attention layer (2 encoder, 2 x 2 decoder), not K"
+    assert _flash_calls(profile) == 2 + 2 * 2, "one call per attention layer (2 encoder, 2 x 2 decoder), not K"
 
 
 class _AttentionCall(nn.Module):
