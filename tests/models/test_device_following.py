@@ -84,9 +84,20 @@ def test_the_fused_kernels_draw_their_noise_on_the_weights_device():
 def test_models_and_the_mask_step_benchmarks_import_with_torch_alone():
     """No Ray, no MLflow: they must run on a machine that has only torch."""
     code = ("import sys; sys.modules.update(ray=None, mlflow=None); "
-            "import models, models.masking.packing, benchmarks.mask_step, benchmarks.packed_masks")
+            "import models, models.masking.packing, benchmarks.mask_step, benchmarks.packed_masks, "
+            "benchmarks.families, benchmarks.gpu_check")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_gpu_check_says_so_and_exits_cleanly_without_a_gpu():
+    if torch.cuda.is_available():
+        import pytest
+        pytest.skip("a GPU is here: the check would run")
+    result = subprocess.run([sys.executable, "benchmarks/gpu_check.py"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "No CUDA device" in result.stdout
 
 
 # -- nothing in models/ pins a device ---------------------------------------------------------------
