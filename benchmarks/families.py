@@ -106,7 +106,7 @@ def families(resnet_blocks: int) -> dict[str, Family]:
     return {
         "fnn": Family("FNN 800x4 (add/mul)", lambda: build_fnn(42, FNN_SIZES["medium"], 20),
                       _arithmetic_batch(128, None), _digit_loss, 128, 4),
-        "lstm": Family("LSTM 256, 1 layer (add/mul, 3 steps)", lambda: build_lstm(42, 256, 20),
+        "lstm": Family("LSTM 256 x 2 layers (add/mul, 3 steps)", lambda: build_lstm(42, 256, 20, num_layers=2),
                        _arithmetic_batch(128, 3), _lstm_loss, 128, 4),
         "scan-lstm": Family("SCAN LSTM 2+2 x 200 (S 9, T 49)", lambda: build_seq2seq_lstm(15, 9),
                             _sequence_batch(256, 9, 49, 15, 9), _sequence_loss, 256, 4, clip=5.0, embeddings=False),
