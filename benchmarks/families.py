@@ -18,9 +18,9 @@ read the ratios). Batches are synthetic, with the real tasks' shapes (the step's
 shapes only), so the script needs no data set. Imports torch only.
 
 --profile FAMILY prints torch.profiler's table of the fused step of that family (where the time goes).
---compare-attention adds a fourth variant, interleaved with the others: the fused step with
-models.masking's batched attention turned off (vmap then runs attention once per mask sample, as
-before it), to measure what batching attention gains.
+--compare-attention adds a fourth variant for the Transformers, interleaved with the others: the
+fused step with models.masking's batched attention turned off (vmap then runs attention once per
+mask sample, as before it), to measure what batching attention gains.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ class Family:
     num_samples: int
     clip: float = 1.0
     embeddings: bool = True  # whether embeddings are masked (ParameterFilter)
+    attention: bool = False  # whether the model calls scaled_dot_product_attention
 
 
 def _digit_loss(outputs: Tensor, targets: Tensor) -> Tensor:
@@ -114,11 +115,11 @@ def families(resnet_blocks: int) -> dict[str, Family]:
                                    lambda: build_transformer(15, 9, d_model=100, num_heads=4, num_layers=3,
                                                              feedforward=200, dropout=0.1, max_length=64),
                                    _sequence_batch(256, 9, 49, 15, 9), _sequence_loss, 256, 8, clip=5.0,
-                                   embeddings=False),
+                                   embeddings=False, attention=True),
         "math-transformer": Family("Mathematics Transformer d 256, 3+3, tied (S 40, T 12)",
                                    lambda: build_transformer(98, 98, d_model=256, num_heads=4, num_layers=3,
                                                              feedforward=512, tied=True),
-                                   _sequence_batch(256, 40, 12, 98, 98), _sequence_loss, 256, 8),
+                                   _sequence_batch(256, 40, 12, 98, 98), _sequence_loss, 256, 8, attention=True),
         "cnn": Family("simple CNN 32-64-128-256 (CIFAR-10)", lambda: build_cnn(), _image_batch(128), ce, 128, 4),
         "resnet": Family(f"ResNet-{6 * resnet_blocks + 2} (CIFAR-10)", lambda: build_resnet(resnet_blocks),
                          _image_batch(256), ce, 256, 4),
@@ -192,7 +193,9 @@ def measure(family: Family, round_seconds: float, repeats: int, device: torch.de
             compare_attention: bool = False) -> dict:
     """{variant: median ms}, steps per round and the load average before and after."""
     functions = steps_of(family, device)
-    variants = ["plain", "eager", "fused"] + (["fused, attention per sample"] if compare_attention else [])
+    variants = ["plain", "eager", "fused"]
+    if compare_attention and family.attention:
+        variants.append("fused, attention per sample")
     for name in variants:
         for _ in range(warmup):
             functions[name]()
