@@ -334,8 +334,8 @@ _kernel_errors_lock = threading.Lock()
 
 def fused_kernels_error(device: torch.device) -> str | None:
     """None if the fused mask kernels compile and run forward and backward on `device`, else the
-    error's first line. Tried once per device and process, on a small matrix and vector (the
-    compiled graphs have dynamic shapes, so the real tensors reuse them)."""
+    error (and its root cause), one line. Tried once per device and process, on a small matrix and
+    a vector (the compiled graphs have dynamic shapes, so the real tensors reuse them)."""
     with _kernel_errors_lock:
         if str(device) not in _kernel_errors:
             _kernel_errors[str(device)] = _try_fused_kernels(torch.device(device))
