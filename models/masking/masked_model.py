@@ -184,19 +184,26 @@ class MaskedModel(nn.Module):
             self._check_fused_kernels()
         if self.fused:
             keys = draw_keys(len(self.names), self.logits[0].device, self.noise_generator)
-            return self.forward_with_keys(keys, *inputs, **options)
+            try:
+                return self.forward_with_keys(keys, *inputs, **options)
+            except Exception as error:  # a kernel the check did not compile (another rank) failing to compile
+                if not _is_compile_failure(error):
+                    raise
+                self._fall_back_to_eager(_describe(error))
         return self.forward_with_uniforms(self.sample_uniforms(), *inputs, **options)
 
     def _check_fused_kernels(self) -> None:
         """Fall back to the eager path, with one log line, where the fused kernels cannot be compiled
         (no C++ compiler, a broken Triton): a slower trial rather than a failed one."""
-        device = self.logits[0].device
-        error = fused_kernels_error(device)
+        error = fused_kernels_error(self.logits[0].device)
         self._fused_kernels_checked = True
         if error is not None:
-            log.warning("fused mask kernels do not compile on %s (%s); %s trains its masks on the eager path "
-                        "(same mask distribution, slower steps)", device, error, type(self.model).__name__)
-            self.fused = False
+            self._fall_back_to_eager(error)
+
+    def _fall_back_to_eager(self, error: str) -> None:
+        log.warning("fused mask kernels do not compile on %s (%s); %s trains its masks on the eager path "
+                    "(same mask distribution, slower steps)", self.logits[0].device, error, type(self.model).__name__)
+        self.fused = False
 
     def forward_with_keys(self, keys: list[Tensor], *inputs, **options):
         """Fused path: the noise of parameter i is keyed_uniforms(keys[i], ...), drawn in-kernel.
@@ -354,6 +361,13 @@ def _try_fused_kernels(device: torch.device) -> str | None:
     except Exception as error:  # any failure to compile or run them means: use the eager path
         return _describe(error)
     return None
+
+
+def _is_compile_failure(error: BaseException) -> bool:
+    """Whether torch.compile failed to compile (not a model's or a caller's error)."""
+    from torch._dynamo.exc import BackendCompilerFailed  # dynamo is loaded by then: the kernels went through it
+
+    return isinstance(error, BackendCompilerFailed)
 
 
 def _describe(error: BaseException) -> str:

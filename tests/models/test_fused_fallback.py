@@ -65,3 +65,41 @@ def test_the_fused_kernels_are_kept_where_they_compile():
     masked = MaskedModel(build_fnn(6, (8,), 3), MaskConfig(num_samples=2), fused=True)
     _train(masked, steps=1)
     assert masked.fused and masked_model.fused_kernels_error(torch.device("cpu")) is None
+
+
+def _fails_for_convolution_weights(graph_module, example_inputs):
+    if any(torch.is_tensor(x) and x.dim() >= 4 for x in example_inputs):
+        raise RuntimeError("simulated: no kernel for 4-D weights")
+    return graph_module.forward  # matrices and vectors compile (to themselves)
+
+
+def test_a_kernel_the_check_did_not_cover_falls_back_at_its_first_forward(monkeypatch, caplog):
+    """The check compiles matrix and vector kernels; a convolution's 4-D weights need another graph."""
+    torch._dynamo.reset()
+    monkeypatch.setattr(sampling, "_compile",
+                        lambda *functions: tuple(torch.compile(f, dynamic=True, backend=_fails_for_convolution_weights)
+                                                 for f in functions))
+    monkeypatch.setattr(masked_model, "_kernel_errors", {})
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+    masked = MaskedModel(model, MaskConfig(num_samples=2), fused=True)
+    optimizer = make_optimizer(masked)
+    x, y = torch.randn(8, 2, 6, 6), torch.randint(0, 3, (8,))
+    try:
+        with caplog.at_level(logging.WARNING, logger="models.masking.masked_model"):
+            for _ in range(2):
+                training_step(masked, optimizer, lambda: nn.functional.cross_entropy(masked(x), y))
+    finally:
+        torch._dynamo.reset()
+    assert not masked.fused
+    lines = [r.getMessage() for r in caplog.records if "fused mask kernels" in r.getMessage()]
+    assert len(lines) == 1 and "no kernel for 4-D weights" in lines[0], lines
+    assert all(torch.isfinite(l).all() for l in masked.logits)
+    assert masked.logits[0].grad is not None and masked.logits[0].grad.abs().sum() > 0
+
+
+@pytest.mark.slow
+def test_a_model_error_under_the_fused_path_is_not_taken_for_a_compile_failure():
+    masked = MaskedModel(build_fnn(6, (8,), 3), MaskConfig(num_samples=2), fused=True)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied|size mismatch|mat1 and mat2"):
+        masked(torch.randn(4, 5))  # wrong input width: the caller's error
+    assert masked.fused
