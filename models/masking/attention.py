@@ -125,7 +125,7 @@ def _mask_samples_first(mask: Tensor, dim: int | None, rank: int, num_samples: i
     """A per-sample mask broadcastable to [*batch, L, S] -> [K or 1, *(rank dims)], right-aligned."""
     mask = mask.unsqueeze(0) if dim is None else mask.movedim(dim, 0)
     missing = rank - (mask.dim() - 1)
-    return mask.view(mask.shape[0], *[1] * missing, *mask.shape[1:]) if missing > 0 else mask
+    return mask.reshape(mask.shape[0], *[1] * missing, *mask.shape[1:]) if missing > 0 else mask
 
 
 def _fold_mask(mask: Tensor, num_samples: int, batch: int) -> Tensor:
