@@ -214,19 +214,21 @@ def measure(family: Family, round_seconds: float, repeats: int, device: torch.de
                      "steps": steps}
 
 
-def profile(family: Family, device: torch.device, steps: int = 3) -> None:
+def profile(family: Family, device: torch.device, steps: int = 5) -> None:
+    """torch.profiler's table of the plain and of the fused step, `steps` steps each after warm-up."""
     functions = steps_of(family, device)
-    for _ in range(2):
-        functions["fused"]()
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA]
                                                           if device.type == "cuda" else [])
-    with torch.profiler.profile(activities=activities) as prof:
-        for _ in range(steps):
-            functions["fused"]()
-            synchronize(device)
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    print(f"\nfused step of {family.label}, {steps} steps:\n")
-    print(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
+    for name in ("plain", "fused"):
+        for _ in range(2):
+            functions[name]()
+        with torch.profiler.profile(activities=activities) as prof:
+            for _ in range(steps):
+                functions[name]()
+                synchronize(device)
+        print(f"\n{name} step of {family.label}, {steps} steps (load average {os.getloadavg()[0]:.1f}):\n")
+        print(prof.key_averages().table(sort_by=sort, row_limit=15, max_name_column_width=60))
 
 
 def row(key: str, family: Family, r: dict) -> str:
