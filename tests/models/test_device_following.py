@@ -32,6 +32,19 @@ def test_a_masked_model_on_another_device_keeps_every_tensor_there():
     assert {t.device for t in tensors} == {META}
 
 
+def test_eager_noise_from_a_generator_on_another_device_is_drawn_there_and_moved():
+    """After a fallback from the fused path on a GPU, the mask's (CPU) generator still decides its
+    noise: the same uniforms as a CPU model drawing from an equal generator, on the model's device."""
+    on_meta = MaskedModel(_meta_model(), MaskConfig(num_samples=2))
+    on_cpu = MaskedModel(nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)),
+                         MaskConfig(num_samples=2))
+    on_meta.noise_generator, on_cpu.noise_generator = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    meta_uniforms, cpu_uniforms = on_meta.sample_uniforms(), on_cpu.sample_uniforms()
+    assert {u.device for u in meta_uniforms} == {META}
+    assert [(u.shape, u.stride()) for u in meta_uniforms] == [(u.shape, u.stride()) for u in cpu_uniforms]
+    assert on_meta.noise_generator.get_state().equal(on_cpu.noise_generator.get_state())
+
+
 def test_masks_training_in_a_pack_keep_every_tensor_on_the_model_device():
     import copy
     import threading
