@@ -4,9 +4,9 @@
                                   [--families fnn lstm ...] [--resnet-blocks 1] [--profile FAMILY]
                                   [--compare-attention]
 
-Each family at its preset's batch size and K (the SCAN Transformer at K = 8, its preset has 4), the model in eval mode as the
-mask stage runs it, the parameters the pipeline masks (no biases; SCAN: no embeddings), Adam and
-the family's gradient clipping in every variant:
+Each family at its preset's batch size and K (the SCAN Transformer at K = 8, its preset has 4), the
+model in eval mode as the mask stage runs it, the parameters the pipeline masks (no biases; SCAN:
+no embeddings), Adam and the family's gradient clipping in every variant:
   plain   the same model trained on its weights (Adam, no masks)
   eager   MaskedModel(fused=False) through training_step / make_optimizer
   fused   MaskedModel(fused=True): what the pipeline uses
