@@ -17,13 +17,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from analysis.figures import Figure, Skip, _save  # noqa: E402
+from analysis import paper as said  # noqa: E402
+from analysis.selection import mixed  # noqa: E402
 from analysis.stats import where  # noqa: E402
 
 EXPERIMENTS = {"cifar10-cnn": "simple CNN", "cifar10-cnn-nodropout": "no-dropout CNN",
                "cifar10-resnet110": "ResNet-110"}
 DIFFERENCE_FIGURES = {"cifar10-cnn": "fig19", "cifar10-cnn-nodropout": "fig20", "cifar10-resnet110": "fig21"}
 CONTROL = "all"
-PAPER_IOU = "93.26 ± 0.96 %"
 
 
 # -- confusion matrices from Parquet ---------------------------------------------------------------
@@ -89,8 +90,19 @@ def _nan_mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.nanmean(values, 0), std
 
 
+def _mixed(tables, table: str, name: str) -> Skip | None:
+    """A Skip when trials of one experiment differ in a setting the figure would average over."""
+    if table not in tables:
+        return None
+    rows = where(tables[table], experiment=[*EXPERIMENTS, "mask-stability"])
+    reason = mixed(rows, ("experiment",)) if rows.num_rows else None
+    return Skip(name, reason) if reason else None
+
+
 # -- Fig. 6 -------------------------------------------------------------------------------------------
 def _per_class_bars(tables, out, name: str, title: str, ylabel: str, statistic, paper: dict) -> Figure | Skip:
+    if refused := _mixed(tables, "confusion", name):
+        return refused
     data = _removal_data(tables)
     if not data:
         return Skip(name, "needs the confusion table of a class-removal trial with all 11 masks "
@@ -127,15 +139,15 @@ def largest_other_drop_ratio(drops: np.ndarray) -> np.ndarray:
 def figure_6a(tables, out):
     return _per_class_bars(tables, out, "fig06a_class_removal_drop", "Fig. 6a: relative accuracy drop of the removed class",
                            "relative drop [%]", target_drop,
-                           {"simple CNN": "40-60 % per class", "no-dropout CNN": "roughly 30-40 % less drop than with dropout",
-                            "ResNet-110": "up to almost 100 %"})
+                           {"simple CNN": said.FIG6A_SIMPLE, "no-dropout CNN": said.FIG6A_DROPOUT,
+                            "ResNet-110": said.FIG6A_RESNET})
 
 
 def figure_6b(tables, out):
     return _per_class_bars(tables, out, "fig06b_non_target_drop",
                            "Fig. 6b: largest drop of a non-target class relative to the target's drop",
                            "largest other drop / target drop [%]", largest_other_drop_ratio,
-                           {"pattern": "small: non-target classes barely change"})
+                           {"non-target classes": said.FIG6B_SMALL})
 
 
 # -- Figs. 18-21 ----------------------------------------------------------------------------------
@@ -150,6 +162,8 @@ def _matrix(ax, matrix: np.ndarray, classes: list[str], title: str, diverging: b
 
 def figure_18(tables, out):
     name = "fig18_confusion_control"
+    if refused := _mixed(tables, "confusion", name):
+        return refused
     found = {e: d for e in EXPERIMENTS if (d := confusion_matrices(tables, e)) and CONTROL in d[1]}
     if not found:
         return Skip(name, "needs the confusion table of a class-removal trial (mask 'all')")
@@ -163,11 +177,14 @@ def figure_18(tables, out):
         numbers[f"{EXPERIMENTS[experiment]}: accuracy with the control mask [%]"] = f"{100 * np.diag(shares).mean():.1f}"
     title = "Fig. 18: confusion matrices with masks trained on all classes"
     return Figure(name, title, _save(fig, out, name), numbers,
-                  {"pattern": "no dropout a few % lower than with dropout; ResNet-110 best (93 % unmasked)"})
+                  {"accuracy with the control mask": said.FIG18_ACCURACY,
+                   "ResNet-110 unmasked accuracy": said.RESNET_ACCURACY})
 
 
 def _difference_figure(tables, out, experiment: str):
     name = f"{DIFFERENCE_FIGURES[experiment]}_confusion_difference_{experiment}"
+    if refused := _mixed(tables, "confusion", name):
+        return refused
     data = confusion_matrices(tables, experiment)
     if data is None or relative_drops(*data) is None:
         return Skip(name, f"needs a complete class-removal trial of {experiment}")
@@ -184,8 +201,8 @@ def _difference_figure(tables, out, experiment: str):
         numbers[f"without {removed}"] = f"own class {difference[i, i]:+.1f} points; most moved to {to} ({gain:+.1f})"
     title = f"Fig. {DIFFERENCE_FIGURES[experiment][3:]}: {EXPERIMENTS[experiment]}, confusion change when a class is removed"
     return Figure(name, title, _save(fig, out, name), numbers,
-                  {"without airplane": "airplane -> bird and ship", "cat": "cat and dog confused with each other",
-                   "truck": "truck and automobile related"})
+                  {"without airplane": said.FIG19_AIRPLANE, "without cat": said.FIG19_CAT,
+                   "without truck": said.FIG19_TRUCK})
 
 
 def figure_19(tables, out):
@@ -205,6 +222,8 @@ def figure_iou(tables, out):
     name = "figB1_mask_iou"
     if "mask_iou" not in tables:
         return Skip(name, "needs the mask_iou table of mask-stability trials")
+    if refused := _mixed(tables, "mask_iou", name):
+        return refused
     rows = where(tables["mask_iou"], layer="all").select(["trial_id", "pair", "iou"]).to_pylist()
     values = np.array([r["iou"] for r in rows if r["iou"] is not None], dtype=float)
     if not len(values):
@@ -218,7 +237,7 @@ def figure_iou(tables, out):
     title = "Appendix B.1: IoU of masks trained twice on the same class pair"
     ax.set_title(title, fontsize=9)
     numbers = {f"mean IoU over {len(values)} pairs ({networks} networks)": f"{100 * values.mean():.2f} ± {100 * std:.2f} %"}
-    return Figure(name, title, _save(fig, out, name), numbers, {"mean IoU": f"{PAPER_IOU} (100 pairs, 10 networks)"})
+    return Figure(name, title, _save(fig, out, name), numbers, {"mean IoU": said.IOU})
 
 
 FIGURES = [figure_6a, figure_6b, figure_18, figure_19, figure_20, figure_21, figure_iou]

@@ -52,12 +52,42 @@ def load_tables(results_dirs: list[Path], sweep: str | None = None) -> dict[str,
 def _read_table(folder: str, filesystem) -> pa.Table:
     """Every trial's file of one table, as one table. Column types are unified across trials, so an
     empty tuple setting in one trial (a list of nulls) reads beside a filled one (a list of ints)."""
-    dataset = ds.dataset(folder, filesystem=filesystem, partitioning="hive")
-    file_schemas = [fragment.physical_schema for fragment in dataset.get_fragments()]
+    try:
+        dataset = ds.dataset(folder, filesystem=filesystem, partitioning="hive")
+    except (pa.ArrowInvalid, OSError):  # it reads one file's schema first: that one may be damaged
+        _check_every_file(folder, filesystem)
+        raise
+    file_schemas = [_schema(fragment) for fragment in dataset.get_fragments()]
     in_files = {name for schema in file_schemas for name in schema.names}
     partition_columns = pa.schema([field for field in dataset.schema if field.name not in in_files])  # trial_id
     schema = pa.unify_schemas([*file_schemas, partition_columns], promote_options="permissive")
     return ds.dataset(folder, filesystem=filesystem, partitioning="hive", schema=schema).to_table()
+
+
+def _schema(fragment) -> pa.Schema:
+    """A Parquet file's schema, or an error naming the file when it is truncated or not Parquet."""
+    try:
+        return fragment.physical_schema
+    except (pa.ArrowInvalid, OSError) as error:
+        raise _damaged(fragment.path, error) from None
+
+
+def _check_every_file(folder: str, filesystem) -> None:
+    """Raise the error naming the first Parquet file under folder that does not read."""
+    import pyarrow.parquet as pq
+
+    for info in filesystem.get_file_info(pafs.FileSelector(folder, recursive=True)):
+        if info.type == pafs.FileType.File and info.path.endswith(".parquet"):
+            try:
+                with filesystem.open_input_file(info.path) as source:
+                    pq.read_metadata(source)
+            except (pa.ArrowInvalid, OSError) as error:
+                raise _damaged(info.path, error) from None
+
+
+def _damaged(path: str, error: Exception) -> AnalysisInputError:
+    return AnalysisInputError(f"damaged Parquet file {path} ({str(error).splitlines()[0][:200]}); `pipeline verify` "
+                              "lists every damaged file, and running the trial's command again rewrites it")
 
 
 def _table_names(results_dirs) -> list[str]:
@@ -82,6 +112,15 @@ def _table_folder(results_dir, table: str):
         filesystem, root = pafs.LocalFileSystem(), str(Path(location).resolve())
     folder = f"{root.rstrip('/')}/parquet/{table}".rstrip("/")
     return (filesystem, folder) if filesystem.get_file_info(folder).type == pafs.FileType.Directory else None
+
+
+def trials_by_sweep(tables: dict[str, pa.Table]) -> dict[str, set[str]]:
+    """sweep ("" for single runs of `pipeline run`) -> the experiments it has trials of."""
+    found: dict[str, set[str]] = {}
+    for table in tables.values():
+        for sweep, experiment in zip(table.column("sweep").to_pylist(), table.column("experiment").to_pylist()):
+            found.setdefault(sweep or "", set()).add(experiment)
+    return found
 
 
 def _only_sweep(tables: dict[str, pa.Table], sweep: str, results_dirs) -> dict[str, pa.Table]:

@@ -15,12 +15,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
+import pyarrow.compute as pc  # noqa: E402
 
+from analysis import paper as said  # noqa: E402
+from analysis.selection import groups  # noqa: E402
 from analysis.stats import mean_std, where, with_ratio  # noqa: E402
 
 ADDMUL = ["addmul-fnn", "addmul-lstm"]
 DOUBLE_ADD = ["double-add-fnn", "double-add-lstm", "double-add-lstm-sequential"]
 SIZE_ORDER = ["small", "medium", "big", "huge"]
+MAX_PANELS = 8  # more settings than this in one figure: it refuses and says how to select
 
 
 @dataclass
@@ -29,7 +33,8 @@ class Figure:
     title: str
     files: list[Path]
     numbers: dict = field(default_factory=dict)  # key numbers we measured
-    paper: dict = field(default_factory=dict)  # the paper's values for the same quantities
+    paper: dict = field(default_factory=dict)  # quantity (a substring of a numbers key) -> analysis.paper.Quote
+    reading: dict = field(default_factory=dict)  # quantity -> our reading of our numbers beside the paper
 
 
 @dataclass
@@ -71,34 +76,32 @@ def _experiments(table: pa.Table, wanted: list[str]) -> list[str]:
     return [e for e in wanted if e in present]
 
 
-def _experiment_panels(tables, table: str, name: str, wanted: list[str]):
-    """One panel per wanted experiment present in `table`, and per model size where an experiment
-    has several: (fig, [(ax, label, row filter)]) or a Skip."""
+def _setting_panels(tables, table: str, name: str, wanted: list[str]):
+    """One panel per setting of the wanted experiments' trials: experiment, model size and every
+    other config key that differs among them (β, ...): (fig, [(ax, Group)]) or a Skip saying there
+    are none, or too many to show and how to select."""
     if table not in tables:
         return Skip(name, f"no {table} table")
-    experiments = _experiments(tables[table], wanted)
-    if not experiments:
+    rows = where(tables[table], experiment=wanted)
+    if not rows.num_rows:
         return Skip(name, f"needs trials of {', '.join(wanted)}")
-    groups = []
-    for experiment in experiments:
-        rows = where(tables[table], experiment=experiment)
-        sizes = sorted(set(rows.column("model.size").to_pylist()), key=_size_order) \
-            if "model.size" in rows.column_names else [None]
-        groups += [(f"{experiment} ({size})", {"experiment": experiment, "model.size": size}) for size in sizes] \
-            if len(sizes) > 1 else [(experiment, {"experiment": experiment})]
-    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.5), squeeze=False)
-    return fig, [(ax, label, filters) for ax, (label, filters) in zip(axes[0], groups)]
+    found = groups(rows, by=("experiment", "model.size"), limit=MAX_PANELS)
+    if isinstance(found, str):
+        return Skip(name, found)
+    fig, axes = plt.subplots(1, len(found), figsize=(5 * len(found), 3.5), squeeze=False)
+    return fig, list(zip(axes[0], found))
 
 
 # -- sharing per layer: Figs. 1 and 13 -----------------------------------------------------------------
 def _sharing_per_layer(tables, out, name, experiments_wanted, title, paper: dict) -> Figure | Skip:
-    panels = _experiment_panels(tables, "layers", name, experiments_wanted)
+    panels = _setting_panels(tables, "layers", name, experiments_wanted)
     if isinstance(panels, Skip):
         return panels
     fig, panels = panels
     numbers = {}
-    for ax, experiment, filters in panels:
-        table = where(tables["layers"], **filters)
+    for ax, group in panels:
+        experiment = group.label
+        table = group.rows(tables["layers"])
         table = with_ratio(table.filter(table["shared"].is_valid()), "shared", "kept", "shared_fraction")
         rows = mean_std(table, ["mask", "layer"], "shared_fraction")
         masks = sorted({r["mask"] for r in rows})
@@ -122,24 +125,25 @@ def _layer_order(layer: str):
 def figure_1(tables, out):
     return _sharing_per_layer(tables, out, "fig01_sharing_per_layer_addmul", ADDMUL,
                               "Fig. 1: weights shared between add and mul, per layer",
-                              {"pattern": "more sharing in the input and output layers than in the hidden layers"})
+                              {"sharing per layer": said.FIG1_IO_SHARING})
 
 
 def figure_13(tables, out):
     return _sharing_per_layer(tables, out, "fig13_sharing_per_layer_double_add", DOUBLE_ADD,
                               "Fig. 13: weights shared between pair 1 and pair 2, per layer",
-                              {"pattern": "sharing is low; first and last FNN layers share no weights"})
+                              {"sharing": said.FIG13_LOW, "first and last layers": said.FIG13_ZERO})
 
 
 # -- accuracy with (inverted) masks: Figs. 2, 10, 14 -----------------------------------------------
 def _mask_accuracy(tables, out, name, experiments_wanted, masks, subtasks, title, paper: dict) -> Figure | Skip:
-    panels = _experiment_panels(tables, "metrics", name, experiments_wanted)
+    panels = _setting_panels(tables, "metrics", name, experiments_wanted)
     if isinstance(panels, Skip):
         return panels
     fig, panels = panels
     numbers = {}
-    for ax, experiment, filters in panels:
-        rows = mean_std(where(tables["metrics"], **filters), ["mask", "subtask"], "accuracy")
+    for ax, group in panels:
+        experiment = group.label
+        rows = mean_std(group.rows(tables["metrics"]), ["mask", "subtask"], "accuracy")
         labels = [m.replace("not-", "¬") for m in masks]
         _bars(ax, labels, {s: [tuple(100 * x for x in _lookup(rows, mask=m, subtask=s)) for m in masks]
                            for s in subtasks}, "accuracy [%]")
@@ -157,41 +161,42 @@ PAIR_MASKS, PAIRS = ["none", "pair1", "pair2", "not-pair1", "not-pair2"], ["pair
 def figure_2(tables, out):
     return _mask_accuracy(tables, out, "fig02_double_add_accuracy", ["double-add-fnn", "double-add-lstm"],
                           PAIR_MASKS, PAIRS, "Fig. 2: double addition, accuracy per pair with each mask",
-                          {"¬pair1 on pair2": "only a slight drop: the modules are independent"})
+                          {"mask not-pair": said.FIG2_INDEPENDENT})
 
 
 def figure_14(tables, out):
     return _mask_accuracy(tables, out, "fig14_double_add_sequential_accuracy", ["double-add-lstm-sequential"],
                           PAIR_MASKS, PAIRS, "Fig. 14: LSTM with one pair at a time",
-                          {"pattern": "no better separation than when the LSTM schedules freely (Fig. 2)"})
+                          {"against Fig. 2": said.FIG14_NO_IMPROVEMENT})
 
 
 def figure_10(tables, out):
     return _mask_accuracy(tables, out, "fig10_addmul_inverted_masks", ADDMUL,
                           ["none", "add", "mul", "not-add", "not-mul"], ["add", "mul"],
                           "Fig. 10: add/mul accuracy with masks and inverted masks",
-                          {"inverted masks": "perform poorly on both operations (limited separation)"})
+                          {"mask not-": said.FIG10_INVERTED})
 
 
 # -- Fig. 11: weights per operation --------------------------------------------------------------------
 def figure_11(tables, out):
     name = "fig11_weights_per_operation"
-    panels = _experiment_panels(tables, "layers", name, ADDMUL)
+    panels = _setting_panels(tables, "layers", name, ADDMUL)
     if isinstance(panels, Skip):
         return panels
     fig, panels = panels
     numbers = {}
-    for ax, experiment, filters in panels:
-        table = where(tables["layers"], **filters, mask=["add", "mul"])
+    for ax, group in panels:
+        experiment = group.label
+        table = where(group.rows(tables["layers"]), mask=["add", "mul"])
         rows = mean_std(table, ["mask", "layer"], "kept")
         layers = sorted({r["layer"] for r in rows if r["layer"] != "all"}, key=_layer_order)
         _bars(ax, layers, {m: [_lookup(rows, mask=m, layer=l) for l in layers] for m in ("add", "mul")}, "weights")
         ax.set_title(experiment)
-        ratio = multiplication_to_addition_ratio(where(tables["layers"], **filters))
+        ratio = multiplication_to_addition_ratio(group.rows(tables["layers"]))
         numbers[f"{experiment} mul/add weights"] = f"{ratio:.2f}x"
     fig.suptitle("Fig. 11: weights used per operation", y=1.03)
     return Figure(name, "Fig. 11: weights per operation per layer", _save(fig, out, name), numbers,
-                  {"mul/add weights": "3.8x"})
+                  {"mul/add weights": said.FIG11_RATIO})
 
 
 def multiplication_to_addition_ratio(layers: pa.Table) -> float:
@@ -209,12 +214,14 @@ def figure_12(tables, out):
     name = "fig12_operation_performed"
     if "operations" not in tables or not _experiments(tables["operations"], ADDMUL):
         return Skip(name, "needs add/mul trials (operations table)")
-    experiments = _experiments(tables["operations"], ADDMUL)
-    fig, axes = plt.subplots(len(experiments), 3, figsize=(10, 3 * len(experiments)), squeeze=False)
+    found = groups(where(tables["operations"], experiment=ADDMUL), by=("experiment", "model.size"), limit=4)
+    if isinstance(found, str):
+        return Skip(name, found)
+    fig, axes = plt.subplots(len(found), 3, figsize=(10, 3 * len(found)), squeeze=False)
     numbers = {}
-    for row_axes, experiment in zip(axes, experiments):
-        rows = mean_std(where(tables["operations"], experiment=experiment), ["mask", "subtask", "operation"],
-                        "fraction")
+    for row_axes, group in zip(axes, found):
+        experiment = group.label
+        rows = mean_std(group.rows(tables["operations"]), ["mask", "subtask", "operation"], "fraction")
         for ax, mask in zip(row_axes, ["none", "add", "mul"]):
             grid = np.array([[_lookup(rows, mask=mask, subtask=s, operation=o)[0] for o in ("add", "mul", "none")]
                              for s in ("add", "mul")])
@@ -231,36 +238,63 @@ def figure_12(tables, out):
                     for o in ("add", "mul", "none"))
     fig.suptitle("Fig. 12: operation performed (rows: asked, columns: performed)", y=1.03)
     return Figure(name, "Fig. 12: operation actually performed under each mask", _save(fig, out, name), numbers,
-                  {"pattern": "FNN performs the mask's operation; LSTM produces invalid outputs"})
+                  {"operation performed": said.FIG12_BEHAVIOUR})
 
 
 # -- Fig. 7: histograms of σ(l) --------------------------------------------------------------------
+LOW_CUTOFF = 0.0002  # Fig. 7a leaves out σ(l) below this: "bottom 10% of the first bin" of 500
+
+
 def figure_7(tables, out):
     name = "fig07_keep_probability_histograms"
     if "histograms" not in tables or tables["histograms"].num_rows == 0:
         return Skip(name, "no histograms table")
     table = tables["histograms"]
+    found = groups(table, by=("experiment",), limit=MAX_PANELS)
+    if isinstance(found, str):
+        return Skip(name, found)
     fig, (linear, log) = plt.subplots(1, 2, figsize=(10, 3.5))
-    numbers = {}
-    for experiment in sorted(set(table.column("experiment").to_pylist())):
-        rows = where(table, experiment=experiment).group_by(["bin_left"]).aggregate([("count", "sum")])
-        rows = sorted(rows.to_pylist(), key=lambda r: r["bin_left"])
-        left = np.array([r["bin_left"] for r in rows])
-        counts = np.array([r["count_sum"] for r in rows], dtype=float)
+    numbers, whole_first_bin = {}, False
+    for group in found:
+        left, counts, low = _histogram(group.rows(table))
         width = left[1] - left[0] if len(left) > 1 else 1.0
         density = counts / counts.sum() / width
-        # (a) without the first bin: its near-zero probabilities dwarf the kept weights (Fig. 7a)
-        linear.plot(left[1:] + width / 2, counts[1:] / counts[1:].sum() / width, label=experiment)
-        log.semilogy(left + width / 2, np.maximum(density, 1e-9), label=experiment)
+        # (a) without σ(l) < 0.0002: their number dwarfs the kept weights (Fig. 7a). Results written
+        # before evaluate counted them drop the whole first bin instead.
+        kept = counts.copy()
+        kept[0] = counts[0] - low if low is not None else 0
+        whole_first_bin |= low is None
+        linear.plot(left + width / 2, kept / kept.sum() / width, label=group.label)
+        log.semilogy(left + width / 2, np.maximum(density, 1e-9), label=group.label)
         middle = counts[(left >= 0.1) & (left < 0.9)].sum() / counts.sum()
-        numbers[f"{experiment}: share of σ(l) in [0.1, 0.9)"] = f"{100 * middle:.2f}%"
-    linear.set_title("(a) linear, first bin removed")
+        numbers[f"{group.label}: share of σ(l) in [0.1, 0.9)"] = f"{100 * middle:.2f}%"
+        if low is not None:
+            share = f"{100 * low / counts.sum():.2f}%"
+            numbers[f"{group.label}: share of σ(l) < {LOW_CUTOFF:g} (left out of a)"] = share
+    linear.set_title("(a) linear, first bin removed (no count below 0.0002 recorded)" if whole_first_bin
+                     else f"(a) linear, σ(l) < {LOW_CUTOFF:g} removed")
     log.set_title("(b) all, log scale")
     for ax in (linear, log):
         ax.set_xlabel("σ(l)")
         ax.legend(fontsize=7)
     return Figure(name, "Fig. 7: histogram of mask probabilities σ(l)", _save(fig, out, name), numbers,
-                  {"pattern": "σ(l) concentrates at 0 and 1, so thresholding at 0.5 is safe"})
+                  {"[0.1, 0.9)": said.FIG7_THRESHOLD, f"< {LOW_CUTOFF:g}": said.FIG7_LOW_VALUES})
+
+
+def _histogram(table: pa.Table) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """Counts summed over trials and masks -> (bin left edges, counts, how many σ(l) < LOW_CUTOFF or
+    None when the table does not record it: `low_count` on each mask's first bin, for `low_cutoff`)."""
+    rows = table.group_by(["bin_left"]).aggregate([("count", "sum")]).to_pylist()
+    rows = sorted(rows, key=lambda r: r["bin_left"])
+    left = np.array([r["bin_left"] for r in rows])
+    counts = np.array([r["count_sum"] for r in rows], dtype=float)
+    if "low_count" not in table.column_names:
+        return left, counts, None
+    first = table.filter(table["low_count"].is_valid())
+    cutoffs = set(first.column("low_cutoff").to_pylist())
+    if cutoffs != {LOW_CUTOFF} or first.num_rows != table.group_by(["trial_id", "mask"]).aggregate([]).num_rows:
+        return left, counts, None
+    return left, counts, float(pc.sum(first["low_count"]).as_py())
 
 
 # -- Figs. 8 and 9: sweeps over β and size --------------------------------------------------------------
@@ -278,6 +312,9 @@ def recommend_beta(metrics: pa.Table, threshold: float = 0.95) -> dict[str, floa
     return best
 
 
+PAPER_BETA = 1e-4  # Fig. 8's red line and star: "the value chosen for our experiments" (App. C.3: β = 10⁻⁴)
+
+
 def figure_8(tables, out):
     name = "fig08_beta_sensitivity"
     if "metrics" not in tables or "layers" not in tables:
@@ -285,35 +322,51 @@ def figure_8(tables, out):
     metrics = where(tables["metrics"], experiment="addmul-fnn")
     if not metrics.num_rows:
         return Skip(name, "needs addmul-fnn trials; run the alpha-sensitivity sweep")
-    accuracy = mean_std(where(metrics, mask="full", subtask="full"), ["model.size", "mask.beta"], "accuracy")
-    betas_per_size: dict[str, int] = {}
-    for r in accuracy:
-        betas_per_size[r["model.size"]] = betas_per_size.get(r["model.size"], 0) + 1
-    sizes = sorted((size for size, count in betas_per_size.items() if count > 1), key=_size_order)
-    if not sizes:
+    found = groups(metrics, by=("model.size",), across=("mask.beta",), limit=4)
+    if isinstance(found, str):
+        return Skip(name, found)
+    panels = [g for g in found if len(set(g.rows(metrics).column("mask.beta").to_pylist())) > 1]
+    if not panels:
         return Skip(name, "needs addmul-fnn trials of one size at several β; run the alpha-sensitivity sweep")
     layers = where(tables["layers"], experiment="addmul-fnn", mask="add", layer="all")
-    sharing = mean_std(with_ratio(layers, "shared", "kept", "s"), ["model.size", "mask.beta"], "s")
-    recommended = recommend_beta(metrics)
-    fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 3.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
     numbers = {}
-    for ax, size in zip(axes[0], sizes):
-        rows = [r for r in accuracy if r["model.size"] == size]
-        x = [r["mask.beta"] for r in rows]
-        ax.errorbar(x, [100 * r["mean"] for r in rows], [100 * r["std"] for r in rows], marker="o", label="accuracy")
-        share = [100 * _lookup(sharing, **{"model.size": size, "mask.beta": b})[0] for b in x]
-        points = ax.scatter(x, [100 * r["mean"] for r in rows], c=share, cmap="viridis", zorder=3)
-        fig.colorbar(points, ax=ax, label="total sharing [%]")
-        ax.set_xscale("log")
-        ax.set_xlabel("β")
-        ax.set_ylabel("control-mask accuracy [%]")
-        ax.set_title(f"size {size}")
-        if recommended.get(size) is not None:
-            ax.axvline(recommended[size], color="r")
-            ax.plot([recommended[size]], [100 * _lookup(rows, **{"mask.beta": recommended[size]})[0]], "r*", ms=14)
-        numbers[f"recommended β, size {size}"] = recommended.get(size)
-    fig.suptitle("Fig. 8: β sensitivity (colour: total sharing %, star: recommended β)", y=1.03)
-    return Figure(name, "Fig. 8: sensitivity to β", _save(fig, out, name), numbers, {"chosen β": 1e-4})
+    for ax, group in zip(axes[0], panels):
+        recommended = _beta_panel(ax, fig, group.rows(metrics), group.rows(layers))
+        ax.set_title(f"size {group.label}" if group.label else "")
+        numbers[f"recommended β, {group.label or 'all'}"] = recommended
+    fig.suptitle("Fig. 8: β sensitivity (colour: total sharing %)", y=1.03)
+    return Figure(name, "Fig. 8: sensitivity to β", _save(fig, out, name), numbers,
+                  {"recommended β": said.FIG8_HEURISTIC, "red line and star": said.FIG8_CHOSEN,
+                   "chosen β": said.FIG8_BETA, "sensitivity": said.FIG8_INSENSITIVE},
+                  {"recommended β": "App. C.2's heuristic on our control masks; drawn beside the paper's β = 1e-4"})
+
+
+def _beta_panel(ax, fig, metrics: pa.Table, layers: pa.Table) -> float | None:
+    """Control-mask accuracy against β, coloured by sharing, with the paper's chosen β and the
+    heuristic's (App. C.2) marked and labelled. -> the heuristic's β."""
+    rows = mean_std(where(metrics, mask="full", subtask="full"), ["mask.beta"], "accuracy")
+    sharing = mean_std(with_ratio(layers, "shared", "kept", "s"), ["mask.beta"], "s")
+    x = [r["mask.beta"] for r in rows]
+    accuracy = [100 * r["mean"] for r in rows]
+    ax.errorbar(x, accuracy, [100 * r["std"] for r in rows], marker="o", label="control-mask accuracy", zorder=2)
+    points = ax.scatter(x, accuracy, c=[100 * _lookup(sharing, **{"mask.beta": b})[0] for b in x], cmap="viridis",
+                        zorder=3)
+    fig.colorbar(points, ax=ax, label="total sharing [%]")
+    recommended = next(iter(recommend_beta(metrics).values()), None)
+    heuristic = f"heuristic's β = {recommended:g} (App. C.2)" if recommended else ""
+    for beta, style, label in ((PAPER_BETA, "r", "paper's chosen β = 1e-4 (Fig. 8, App. C.3)"),
+                               (recommended, "m", heuristic)):
+        if beta is None:
+            continue
+        ax.axvline(beta, color=style, linestyle="-" if style == "r" else "--", label=label)
+        near = min(rows, key=lambda r: abs(np.log(r["mask.beta"]) - np.log(beta)))
+        ax.plot([beta], [100 * near["mean"]], f"{style}*", ms=14 if style == "r" else 10, zorder=4)
+    ax.set_xscale("log")
+    ax.set_xlabel("β")
+    ax.set_ylabel("control-mask accuracy [%]")
+    ax.legend(fontsize=7)
+    return recommended
 
 
 def _size_order(size: str):
@@ -330,17 +383,26 @@ def figure_9(tables, out):
     sizes = sorted(set(layers.column("model.size").to_pylist()), key=_size_order)
     if len(sizes) < 2:
         return Skip(name, f"needs addmul-fnn trials of several sizes (found {sizes}); run sharing-vs-capacity")
-    rows = mean_std(with_ratio(layers, "shared", "kept", "s"), ["model.size"], "s")
-    rows = sorted(rows, key=lambda r: _size_order(r["model.size"]))
+    lines = groups(layers, across=("model.size",), limit=MAX_PANELS)
+    if isinstance(lines, str):
+        return Skip(name, lines)
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.errorbar(range(len(rows)), [100 * r["mean"] for r in rows], [100 * r["std"] for r in rows], marker="o")
-    ax.set_xticks(range(len(rows)), [r["model.size"] for r in rows])
+    numbers = {}
+    for line in lines:
+        rows = mean_std(with_ratio(line.rows(layers), "shared", "kept", "s"), ["model.size"], "s")
+        rows = sorted(rows, key=lambda r: _size_order(r["model.size"]))
+        ax.errorbar([sizes.index(r["model.size"]) for r in rows], [100 * r["mean"] for r in rows],
+                    [100 * r["std"] for r in rows], marker="o", label=line.label or None)
+        prefix = f"{line.label}: " if line.label else ""
+        numbers |= {f"{prefix}size {r['model.size']}": f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}% (n={r['n']})"
+                    for r in rows}
+    ax.set_xticks(range(len(sizes)), sizes)
     ax.set_ylabel("add weights shared with mul [%]")
     ax.set_title("Fig. 9: sharing of the add mask against network size")
-    numbers = {f"size {r['model.size']}": f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}% (n={r['n']})" for r in rows}
+    if len(lines) > 1:
+        ax.legend(fontsize=7)
     return Figure(name, "Fig. 9: sharing against network size", _save(fig, out, name), numbers,
-                  {"pattern": "underfitting networks share more; sharing still falls as the network grows "
-                              "beyond the size that solves the task (App. C.3)"})
+                  {"size": said.FIG9_CHANGES, "underfitting": said.FIG9_UNDERFITTING})
 
 
 ALL_FIGURES = [figure_1, figure_2, figure_7, figure_8, figure_9, figure_10, figure_11, figure_12, figure_13, figure_14]

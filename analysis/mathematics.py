@@ -10,6 +10,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 
 from analysis.figures import Figure, Skip, _bars, _lookup, _save  # noqa: E402
+from analysis import paper as said  # noqa: E402
+from analysis.selection import mixed  # noqa: E402
 from analysis.stats import mean_std, where  # noqa: E402
 
 CONDITIONS = {"none": "no mask", "iid": "IID mask", "easy": "easy mask"}
@@ -25,6 +27,8 @@ def figure_5(tables, out) -> Figure | Skip:
     metrics = metrics.filter(pc.starts_with(metrics["experiment"], "mathematics-"))
     if not metrics.num_rows or "task_options.module" not in metrics.column_names:
         return Skip(name, "needs mathematics-<module> trials; run the mathematics sweep")
+    if reason := mixed(metrics, ("task_options.module",)):
+        return Skip(name, reason)
     rows = mean_std(where(metrics, subtask=HARD, mask=list(CONDITIONS)), ["task_options.module", "mask"], "accuracy")
     modules = sorted({r["task_options.module"] for r in rows})
     fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(modules)), 3.5))
@@ -34,8 +38,7 @@ def figure_5(tables, out) -> Figure | Skip:
     fig.suptitle("Fig. 5: Mathematics Dataset, hard validation split", y=1.02)
     return Figure(name, "Fig. 5: Mathematics Dataset, accuracy on hard", _save(fig, out, name),
                   _numbers(rows, modules),
-                  {"pattern": "a consistent drop on hard with the easy mask (5 seeds per module)",
-                   PAPER_CLAIM: "every module"})
+                  {PAPER_CLAIM: said.FIG5_DROP, "(n=": said.FIG5_SEEDS})
 
 
 def _numbers(rows: list[dict], modules: list[str]) -> dict:

@@ -15,24 +15,16 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 
 from analysis.figures import Figure, Skip, _bars, _save  # noqa: E402
+from analysis import paper as said  # noqa: E402
+from analysis.selection import mixed  # noqa: E402
 from analysis.stats import mean_std, where, with_ratio  # noqa: E402
 
 LAYER_COLUMNS = ["experiment", "seed", "after_task", "layer", "parameter", "kept", "shared_with_earlier"]
 ACCURACY_COLUMNS = ["experiment", "seed", "after_task", "evaluated_task", "accuracy"]
 
-_FILLING = "little sharing while free capacity remains"
-_PAPER_DEFAULT = {
-    "layer 1 (input, permuted)": "low: a new permutation needs its own first layer",
-    "layer 2": _FILLING,
-    "layer 3": _FILLING,
-    "layer 4 (output)": "fills first (lowest capacity): the most sharing, rising task by task",
-    "all layers": "weights become shared only once capacity is full",
-}
-_PAPER_PREFER_OLD = {
-    "layer 1 (input, permuted)": "rises, which should not happen (the permuted layer cannot be reused)",
-    "layer 4 (output)": "fills first: the most sharing",
-    "all layers": "higher than Fig. 3 but far from the ideal 100 %: more than half of the weights stay unique",
-}
+_PAPER_DEFAULT = {"(output)": said.FIG3_OUTPUT, "all layers": said.FIG3_LITTLE_SHARING}
+_PAPER_PREFER_OLD = {"(input, permuted)": said.FIG15_FIRST_LAYER, "(output)": said.FIG15_OUTPUT,
+                     "all layers": said.FIG15A_UNIQUE}
 
 
 def sharing_percentages(layers: pa.Table, experiment: str) -> tuple[list[str], list[int], list[dict]]:
@@ -79,6 +71,8 @@ def _sharing_figure(tables, out, name: str, experiment: str, title: str, paper: 
         return layers
     if experiment not in set(layers.column("experiment").to_pylist()):
         return Skip(name, f"needs trials of {experiment}")
+    if reason := mixed(where(layers, experiment=experiment)):
+        return Skip(name, reason)
     layer_names, tasks, rows = sharing_percentages(layers, experiment)
     if not tasks:
         return Skip(name, f"{experiment} has no second task (T2) yet")
@@ -125,7 +119,7 @@ def figure_15a(tables, out):
 def figure_15b(tables, out):
     return _sharing_figure(tables, out, "fig15b_permuted_mnist_prefer_old_more", "permuted-mnist-prefer-old-more",
                            "Fig. 15b: sharing, new masks start at logit 2 on used weights, -1 on free ones",
-                           _PAPER_PREFER_OLD | {"all layers": "more than Fig. 15a, still far from 100 %"})
+                           _PAPER_PREFER_OLD | {"all layers": said.FIG15B_MORE})
 
 
 def figure_accuracy(tables, out):
@@ -136,6 +130,8 @@ def figure_accuracy(tables, out):
     if isinstance(table, Skip):
         return table
     experiments = sorted(set(table.column("experiment").to_pylist()))
+    if reason := mixed(table, ("experiment",)):
+        return Skip(name, reason)
     fig, ax = plt.subplots(figsize=(7, 3.5))
     numbers = {}
     for experiment in experiments:
@@ -153,14 +149,20 @@ def figure_accuracy(tables, out):
     ax.legend(fontsize=8)
     title = "Permuted MNIST: each task's accuracy after the last task"
     ax.set_title(title, fontsize=10)
-    paper = {"largest change": "0 (used weights are frozen: no forgetting)"}
-    return Figure(name, title, _save(fig, out, name), numbers, paper)
+    return Figure(name, title, _save(fig, out, name), numbers, {"largest change": said.FROZEN},
+                  {"largest change": "frozen weights: it must be exactly 0"})
 
 
-def _largest_change(rows: pa.Table) -> float:
-    grouped = rows.group_by(["trial_id", "evaluated_task"]).aggregate([("accuracy", "min"), ("accuracy", "max")])
+def _largest_change(rows: pa.Table) -> float | str:
+    """Largest spread of one task's accuracy over its evaluations after later tasks; a task evaluated
+    only once has no spread to measure (0.0 there would read as "no forgetting")."""
+    grouped = rows.group_by(["trial_id", "evaluated_task"]).aggregate(
+        [("accuracy", "min"), ("accuracy", "max"), ("accuracy", "count")])
+    grouped = grouped.filter(pc.greater(grouped["accuracy_count"], 1))
+    if not grouped.num_rows:
+        return "n/a: only one evaluation per task (no later task was trained)"
     spread = pc.subtract(grouped["accuracy_max"], grouped["accuracy_min"])
-    return float(pc.max(spread).as_py() or 0.0)
+    return float(pc.max(spread).as_py())
 
 
 FIGURES = [figure_3, figure_15a, figure_15b, figure_accuracy]

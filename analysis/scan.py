@@ -11,6 +11,8 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 
 from analysis.figures import Figure, Skip, _bars, _lookup, _save
+from analysis import paper as said
+from analysis.selection import mixed
 from analysis.stats import mean_std, where
 
 EXPERIMENTS = ["scan-lstm", "scan-transformer"]
@@ -24,7 +26,10 @@ def _present(tables, table: str, name: str):
         return Skip(name, f"no {table} table")
     present = set(tables[table].column("experiment").to_pylist())
     experiments = [e for e in EXPERIMENTS if e in present]
-    return experiments or Skip(name, f"no {' or '.join(EXPERIMENTS)} rows in the {table} table")
+    if not experiments:
+        return Skip(name, f"no {' or '.join(EXPERIMENTS)} rows in the {table} table")
+    reason = mixed(where(tables[table], experiment=experiments), ("experiment",))
+    return Skip(name, reason) if reason else experiments
 
 
 def _panels(tables, table: str, name: str):
@@ -63,8 +68,7 @@ def figure_4a(tables, out):
         "Fig. 4a: SCAN test accuracy, mask trained on simple vs on the split's own train set",
         {"mask trained on simple (full problem)": lambda split: "simple",
          "mask trained on the split": lambda split: split},
-        {"gap": "masks trained on a split's train set do far worse on its test set than masks trained on "
-                "simple (the full problem): the learned solution is not compositional"})
+        {"generalization gap": said.FIG4A_GAP})
 
 
 def figure_16(tables, out):
@@ -74,8 +78,7 @@ def figure_16(tables, out):
         {"baseline: trained on the split": lambda split: "baseline",
          "pretrained on simple, no mask": lambda split: "none",
          "pretrained on simple, split's mask": lambda split: split},
-        {"baseline": "pretraining on simple helps every split compared with training on the split alone",
-         "split's mask": "removing weights the split's train set does not need hurts, yet stays above the baseline"})
+        {"baseline": said.FIG16_PRETRAINING, "split's mask": said.FIG16_MASK})
 
 
 def figure_4b(tables, out):
@@ -97,8 +100,7 @@ def figure_4b(tables, out):
     title = "Fig. 4b: output-layer weights removed per token by each mask"
     fig.suptitle(title, y=1.03)
     return Figure(name, title, _save(fig, out, name), numbers,
-                  {"scan-lstm mask addprim_jump": "almost half of I_JUMP's weights removed; the most apparent "
-                                                  "difference of the LSTM decoder"})
+                  {"scan-lstm mask addprim_jump": said.FIG4B_JUMP})
 
 
 FIGURES = [figure_4a, figure_4b, figure_16]

@@ -6,6 +6,7 @@ import dataclasses
 import inspect
 import logging
 import os
+import shlex
 import sys
 import typing
 from pathlib import Path
@@ -14,6 +15,7 @@ import click
 
 from pipeline.config import flatten, override, parse_assignments
 from pipeline.experiments import get_experiment
+from tasks.registry import DataError
 
 
 def _data_dir_option(command):
@@ -29,6 +31,21 @@ def _with_data_dir(assignments: dict, data_dir: Path | None) -> dict:
 
 def _fail(message: str) -> None:
     raise click.ClickException(message)
+
+
+def _scale_options(command):
+    """--scale paper|cpu|smoke, and --smoke as its shorthand."""
+    from pipeline.experiments import SCALE_HELP, SCALES
+
+    command = click.option("--smoke", is_flag=True, help="Shorthand for --scale smoke.")(command)
+    return click.option("--scale", type=click.Choice(SCALES), default=None,
+                        help="; ".join(f"{k}: {v}" for k, v in SCALE_HELP.items()) + " (default: paper).")(command)
+
+
+def _scale(scale: str | None, smoke: bool) -> str:
+    if smoke and scale not in (None, "smoke"):
+        _fail(f"--smoke and --scale {scale} contradict each other; give one of them")
+    return "smoke" if smoke else scale or "paper"
 
 
 @click.group()
@@ -47,20 +64,32 @@ def list_command():
     import dataclasses as dc
 
     from models.registry import model_families
-    from pipeline.experiments import EXPERIMENTS, SWEEPS, experiment_names
+    from pipeline.experiments import EXPERIMENTS, SCALE_HELP, SWEEPS, experiment_names
+    from pipeline.studies import get_study, study_names
     from tasks import task_class, task_names
 
     experiment_names()
-    click.echo("sweeps (pipeline sweep NAME):")
+    click.echo("scales (--scale NAME; --smoke is --scale smoke):")
+    for name, text in SCALE_HELP.items():
+        click.echo(f"  {name}: {text}")
+    click.echo("\nsweeps (pipeline sweep NAME [--scale S]):")
     for name, spec in SWEEPS.items():
-        grid = ", ".join(f"{k} in {v}" for k, v in spec.grid.items())
-        click.echo(f"  {name}: {spec.description}; experiments {', '.join(spec.experiments)}; {grid or 'no grid'};"
-                   f" {spec.seeds} seeds")
-    click.echo("\nexperiments (pipeline run NAME):")
+        click.echo(f"  {name}: {spec.description}")
+        for scale in ("paper", "cpu", "smoke"):
+            if scale != "cpu" or scale in spec.scales:
+                at = spec.at(scale)
+                grid = ", ".join(f"{k} in {v}" for k, v in at.grid.items())
+                click.echo(f"    {scale}: experiments {', '.join(at.experiments)}; {grid or 'no grid'}; {at.seeds} seeds")
+    click.echo("\nstudies (recipes; the key `study`):")
+    for name in study_names():
+        click.echo(f"  {name}: {(inspect.getdoc(get_study(name)) or '').splitlines()[0]}")
+    click.echo("\nexperiments (pipeline run NAME [--scale S]):")
     for name, preset in EXPERIMENTS.items():
         click.echo(f"{name}: {preset.description}")
         for key, value in flatten(preset.config).items():
             click.echo(f"    {key} = {value}")
+        for scale, overrides in preset.scales.items():
+            click.echo(f"    --scale {scale}: " + (", ".join(f"{k}={v}" for k, v in overrides.items()) or "(as paper)"))
     click.echo("\ntasks (--set task=NAME, or an import path mypkg.tasks:MyTask):")
     for name in task_names():
         cls = task_class(name)
@@ -77,22 +106,22 @@ def list_command():
 @click.argument("experiment")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
-@click.option("--smoke", is_flag=True, help="Shrink steps and sizes for a quick look.")
+@_scale_options
 @click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
 @click.option("--storage", default=None, metavar="URI",
               help="Also keep finished stages here (s3://, gs://, file://...) and reuse what is there.")
 @_data_dir_option
-def run_command(experiment: str, seed: int, assignments: tuple[str, ...], smoke: bool, results_dir: Path,
-                storage: str | None, data_dir: Path | None):
+def run_command(experiment: str, seed: int, assignments: tuple[str, ...], scale: str | None, smoke: bool,
+                results_dir: Path, storage: str | None, data_dir: Path | None):
     """Pretrain, mask and evaluate one trial of EXPERIMENT (resumes where it stopped)."""
     from pipeline.run import run_trial
 
     try:
-        config = get_experiment(experiment, smoke=smoke)
+        config = get_experiment(experiment, scale=_scale(scale, smoke))
         config = override(dataclasses.replace(config, seed=seed),
                           _with_data_dir(parse_assignments(assignments), data_dir))
         result = run_trial(config, results_dir, storage_uri=storage)
-    except (KeyError, ValueError, TypeError, PermissionError, ConnectionError, FileNotFoundError) as error:
+    except (KeyError, ValueError, TypeError, PermissionError, ConnectionError, FileNotFoundError, DataError) as error:
         _fail(str(error.args[0]) if isinstance(error, KeyError) else str(error))
     click.echo(f"\ntrial {result.trial_id} finished")
     for key, value in sorted(result.metrics.items()):
@@ -100,14 +129,14 @@ def run_command(experiment: str, seed: int, assignments: tuple[str, ...], smoke:
             click.echo(f"  {key}: {value:.4g}")
     click.echo(f"\nmasks and config: {result.trial_dir}")
     click.echo(f"Parquet tables:   {result.parquet_dir}  (pyarrow.dataset.dataset(path, partitioning='hive'))")
-    click.echo(f"MLflow run {result.run_id}: mlflow ui --backend-store-uri {result.tracking_uri}")
+    click.echo(f"MLflow run {result.run_id}: mlflow ui --backend-store-uri {shlex.quote(result.tracking_uri)}")
 
 
 @main.command("sweep")
 @click.argument("name")
 @click.option("--seeds", type=click.IntRange(min=1), default=None,
-              help="Seeds per grid point (default: the preset's; 2 with --smoke).")
-@click.option("--smoke", is_flag=True, help="Smaller grid, fewer steps, 2 seeds: a look in minutes on 2 cores.")
+              help="Seeds per grid point (default: the sweep's at its scale; 2 with --smoke).")
+@_scale_options
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable).")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
 @click.option("--storage", default=None, metavar="URI",
@@ -126,19 +155,21 @@ def run_command(experiment: str, seed: int, assignments: tuple[str, ...], smoke:
               help="Resume the interrupted sweep (the default when its state exists); --no-resume starts anew.")
 @_data_dir_option
 @click.option("--verbose", is_flag=True, help="Tune's full output (trial configs, results, Ray worker logs).")
-def sweep_command(name, seeds, smoke, assignments, results_dir, storage, address, cpus_per_trial, gpus_per_trial,
+def sweep_command(name, seeds, scale, smoke, assignments, results_dir, storage, address, cpus_per_trial, gpus_per_trial,
                   max_failures, pack_size, resume, data_dir, verbose):
     """Run the sweep NAME on Ray Tune; started again, it resumes without redoing finished trials."""
     from pipeline.sweep import run_sweep, summary_lines
 
     try:
-        summary = run_sweep(name, results_dir, seeds, smoke, _with_data_dir(parse_assignments(assignments), data_dir),
+        summary = run_sweep(name, results_dir, seeds, False, _with_data_dir(parse_assignments(assignments), data_dir),
                             address, cpus_per_trial, gpus_per_trial, max_failures, resume, storage_uri=storage,
-                            verbose=verbose, pack_size=pack_size)
+                            verbose=verbose, pack_size=pack_size, scale=_scale(scale, smoke))
     except (KeyError, ValueError, TypeError, PermissionError, ConnectionError, FileNotFoundError, RuntimeError) as error:
         _fail(str(error.args[0]) if isinstance(error, KeyError) else str(error))
     for line in summary_lines(summary):
         click.echo(line)
+    if summary.stopped_by == "SIGTERM":
+        raise SystemExit(143)  # 128 + SIGTERM, as a shell reports a process a scheduler stopped
     if summary.interrupted or summary.unfinished:
         raise SystemExit(130)  # like a shell's Ctrl-C: the sweep did not finish
     if summary.failed:
@@ -148,40 +179,95 @@ def sweep_command(name, seeds, smoke, assignments, results_dir, storage, address
 @main.command("analyze")
 @click.argument("target")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
-              help="Where the sweep's results are (when TARGET is a sweep name).")
+              help="Where the results are (when TARGET is a sweep or an experiment name).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder for figures and report.md.")
-def analyze_command(target: str, results_dir: Path, out: Path | None):
-    """Draw the paper's figures from Parquet. TARGET: a sweep name, a results directory or a
-    storage URI (s3://, gs://, file://...)."""
+@click.option("--where", "where", multiple=True, metavar="KEY=VALUE",
+              help="Only trials whose recorded config key has this value, e.g. mask.beta=1e-4 (repeatable; "
+                   "a repeated key means any of its values).")
+def analyze_command(target: str, results_dir: Path, out: Path | None, where: tuple[str, ...]):
+    """Draw the paper's figures from Parquet. TARGET: a sweep name, an experiment name (its single
+    runs), a results directory or a storage URI (s3://, gs://, file://...)."""
     from analysis.data import AnalysisInputError
     from analysis.figures import Skip
     from analysis.report import analyze
-    from pipeline.experiments import sweep_names
+    from analysis.selection import parse_where
 
-    SWEEPS = sweep_names()
-    is_uri = "://" in target
-    is_sweep = target in SWEEPS and not Path(target).is_dir()
-    if not (is_sweep or is_uri or Path(target).is_dir()):
-        from tasks.registry import suggest
-
-        _fail(f"{target!r} is neither a sweep{suggest(target, SWEEPS)}, a results directory nor a storage URI")
-    directory = results_dir if is_sweep else target if is_uri else Path(target)
-    out = out or (results_dir / "analysis" / "storage" if is_uri else directory / "analysis" / (
-        target if is_sweep else "all"))
     try:
-        report, outcomes = analyze([directory], out, target if is_sweep else None)
+        directory, sweep, selection, note = _analysis_target(target, results_dir)
+        out = out or (results_dir / "analysis" / "storage" if "://" in target else directory / "analysis" / (
+            "all" if Path(target).is_dir() else target))
+        report, outcomes = analyze([directory], out, sweep, selection | parse_where(where))
     except AnalysisInputError as error:
         _fail(str(error))
+    if note:
+        click.echo(note)
     for outcome in outcomes:
         click.echo(f"  skipped {outcome.name}: {outcome.reason}" if isinstance(outcome, Skip)
                    else f"  drew    {outcome.files[0]}")
     click.echo(f"report: {report}")
-    if is_sweep:
+    if sweep:
         from pipeline import records
 
         uri = records.tracking_uri(directory)
-        run_id = records.log_analysis(uri, target, out)
-        click.echo(f"figures logged to the sweep's MLflow parent run {run_id}")
+        run_id = records.log_analysis(uri, sweep, out)
+        click.echo(f"figures logged to the sweep's MLflow parent run {run_id}" if run_id
+                   else f"no MLflow parent run of sweep {sweep!r} in {uri}: figures not logged to MLflow")
+
+
+def _analysis_target(target: str, results_dir: Path):
+    """-> (results folder, sweep to analyse or None, config selection, a note for the user).
+
+    A sweep name with no trials of that sweep falls back to the single runs (`pipeline run`) of its
+    experiments; an experiment name means its single runs. Otherwise the error says which command
+    would find the trials."""
+    from analysis.data import AnalysisInputError, load_tables, trials_by_sweep
+    from pipeline.experiments import experiment_names, get_sweep, sweep_names
+
+    if "://" in target or Path(target).is_dir():
+        return target if "://" in target else Path(target), None, {}, ""
+    sweeps, experiments = sweep_names(), experiment_names()
+    if target not in sweeps and target not in experiments:
+        from tasks.registry import suggest
+
+        raise AnalysisInputError(f"{target!r} is neither a sweep{suggest(target, sweeps)}, an experiment"
+                                 f"{suggest(target, experiments)}, a results directory nor a storage URI")
+    present = trials_by_sweep(load_tables([results_dir]))
+    if target in sweeps and target in present:
+        return results_dir, target, {}, ""
+    wanted = list(get_sweep(target).experiments) if target in sweeps else [target]
+    if present.get("", set()) & set(wanted):
+        note = (f"no trials of sweep {target!r} under {results_dir}: analysing the single runs of its experiments "
+                f"{', '.join(wanted)}" if target in sweeps else "")
+        return results_dir, None, {"experiment": wanted, "sweep": [""]}, note
+    raise AnalysisInputError(_where_the_trials_are(target, wanted, present, results_dir))
+
+
+def _where_the_trials_are(target: str, wanted: list[str], present: dict[str, set[str]], results_dir: Path) -> str:
+    holding = sorted(s for s, found in present.items() if s and found & set(wanted))
+    commands = [f"`pipeline analyze {s} --results-dir {results_dir}" + (
+        f" --where experiment={target}`" if target not in holding else "`") for s in holding]
+    held = ", ".join(f"{s or '(single runs)'}: {', '.join(sorted(e))}" for s, e in sorted(present.items()))
+    return (f"no trials of {target!r} under {results_dir} (it holds {held}); "
+            + (f"they are in sweeps: {'; '.join(commands)}" if commands else
+               f"make some with `pipeline run {wanted[0]}` or `pipeline sweep NAME`"))
+
+
+@main.command("verify")
+@click.argument("results_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+def verify_command(results_dir: Path):
+    """Check a results folder: every finished trial's files against their recorded checksums, every
+    finished stage against its manifest, every Parquet file readable. Exit code 1 if anything is damaged."""
+    from pipeline.verify import damaged
+
+    problems, counts = damaged(results_dir)
+    for problem in problems:
+        click.echo(f"damaged: {problem}")
+    checked = ", ".join(f"{n} {what}" for what, n in counts.items())
+    if problems:
+        click.echo(f"{len(problems)} damaged file(s) ({checked} checked); run each damaged trial's command again "
+                   "to redo what made them")
+        raise SystemExit(1)
+    click.echo(f"intact: {checked}")
 
 
 class _DatasetGroup(click.Group):

@@ -13,44 +13,77 @@ from pipeline.config import ExperimentConfig, override
 from tasks.registry import get_task, suggest
 
 
+# Scales of every preset and sweep: the paper's settings, a CPU scale whose networks and masks
+# converge on a 2-core machine (the reproduction record, reproduction/), and a smoke test.
+SCALES = ("paper", "cpu", "smoke")
+SCALE_HELP = {"paper": "the paper's settings (GPU-sized)",
+              "cpu": "reduced networks and steps that converge on 2 CPU cores (reproduction/)",
+              "smoke": "minutes on 2 CPU cores: checks that everything runs, results mean nothing"}
+
+
 @dataclass(frozen=True)
 class Preset:
-    config: ExperimentConfig
-    smoke: dict = field(default_factory=dict)  # overrides that shrink it to minutes on 2 CPU cores
+    config: ExperimentConfig  # the paper's settings
+    scales: dict = field(default_factory=dict)  # scale name -> overrides of the paper's settings
     description: str = ""
     tiny: dict = field(default_factory=dict)  # on top of smoke: a seconds-long run for the contract test
+
+    @property
+    def smoke(self) -> dict:
+        return self.scales.get("smoke", {})
 
 
 @dataclass(frozen=True)
 class SweepSpec:
-    """experiments × grid (config key -> values) × seeds."""
+    """experiments × grid (config key -> values) × seeds, at the paper's scale; `scales` replaces
+    any of these at another scale, e.g. {"cpu": {"grid": {...}, "seeds": 5}}."""
 
     experiments: tuple[str, ...]
     grid: dict = field(default_factory=dict)
     seeds: int = 10
     smoke_grid: dict | None = None  # replaces `grid` under --smoke
     description: str = ""
+    scales: dict = field(default_factory=dict)
+
+    def at(self, scale: str) -> "SweepSpec":
+        """This sweep at `scale`: its grid, seeds and experiments there."""
+        check_scale(scale)
+        fields = {"grid": self.smoke_grid, "seeds": SMOKE_SEEDS} if scale == "smoke" and self.smoke_grid is not None \
+            else {"seeds": SMOKE_SEEDS} if scale == "smoke" else {}
+        fields = {k: v for k, v in fields.items() if v is not None} | self.scales.get(scale, {})
+        return dataclasses.replace(self, **fields)
 
 
+SMOKE_SEEDS = 2  # a smoke sweep runs 2 seeds unless --seeds says otherwise
 EXPERIMENTS: dict[str, Preset] = {}
 SWEEPS: dict[str, SweepSpec] = {}
 
 
+def check_scale(scale: str) -> None:
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}{suggest(scale, SCALES)}; choose one of {', '.join(SCALES)}")
+
+
 def register_experiment(name: str, config: ExperimentConfig, smoke: dict | None = None, description: str = "",
-                        tiny: dict | None = None) -> None:
-    """A preset: the paper's settings, `smoke` overrides for `--smoke`, `tiny` ones for the contract test."""
+                        tiny: dict | None = None, cpu: dict | None = None) -> None:
+    """A preset: the paper's settings, `smoke` overrides for `--smoke`, `cpu` ones for `--scale cpu`
+    (where the preset has one), `tiny` ones on top of smoke for the contract test."""
     if name in EXPERIMENTS:
         raise ValueError(f"experiment {name!r} is already registered")
-    override(config, (smoke or {}) | (tiny or {}))  # an override that does not fit fails at import
-    EXPERIMENTS[name] = Preset(dataclasses.replace(config, experiment=name), smoke or {}, description, tiny or {})
+    scales = {"smoke": smoke or {}} | ({"cpu": cpu} if cpu is not None else {})
+    for overrides in scales.values():  # an override that does not fit fails at import
+        override(config, overrides)
+    override(config, (smoke or {}) | (tiny or {}))
+    EXPERIMENTS[name] = Preset(dataclasses.replace(config, experiment=name), scales, description, tiny or {})
 
 
 def register_sweep(name: str, spec: SweepSpec) -> None:
     if name in SWEEPS:
         raise ValueError(f"sweep {name!r} is already registered")
-    missing = [e for e in spec.experiments if e not in EXPERIMENTS]
-    if missing:
-        raise ValueError(f"sweep {name!r} names unregistered experiments {missing}; register them first")
+    for scale in ("paper", *spec.scales):
+        missing = [e for e in spec.at(scale).experiments if e not in EXPERIMENTS]
+        if missing:
+            raise ValueError(f"sweep {name!r} names unregistered experiments {missing}; register them first")
     SWEEPS[name] = spec
 
 
@@ -66,13 +99,20 @@ def sweep_names() -> list[str]:
     return list(SWEEPS)
 
 
-def get_experiment(name: str, smoke: bool = False) -> ExperimentConfig:
-    """The preset `name`; smoke=True shrinks steps and sizes for a look in a few minutes on CPU."""
+def get_experiment(name: str, smoke: bool = False, scale: str | None = None) -> ExperimentConfig:
+    """The preset `name` at `scale` (paper, cpu or smoke; smoke=True is scale="smoke")."""
     _load_studies()
+    scale = scale or ("smoke" if smoke else "paper")
+    check_scale(scale)
     if name not in EXPERIMENTS:
         raise KeyError(f"unknown experiment {name!r}{suggest(name, EXPERIMENTS)}; known: {', '.join(EXPERIMENTS)}")
     preset = EXPERIMENTS[name]
-    return override(preset.config, preset.smoke) if smoke else preset.config
+    if scale == "paper":
+        return preset.config
+    if scale not in preset.scales:
+        raise ValueError(f"experiment {name!r} has no {scale} scale (it has: paper, {', '.join(preset.scales)}); "
+                         f"`pipeline list` shows each preset's scales")
+    return override(preset.config, preset.scales[scale])
 
 
 def experiment_names() -> list[str]:

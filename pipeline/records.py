@@ -116,6 +116,10 @@ def finish_trial_run(uri: str, run_id: str, metrics: dict, artifacts: list[tuple
                 client.log_artifacts(run_id, str(path), artifact_path=folder or None)
             else:
                 client.log_artifact(run_id, str(path), artifact_path=folder or None)
+        error = client.get_run(run_id).data.tags.get("error")
+        if error is not None:  # an earlier attempt's error: kept as history, no longer the run's state
+            client.set_tag(run_id, "earlier_error", error)
+            client.delete_tag(run_id, "error")
         client.set_terminated(run_id, "FINISHED")
 
 
@@ -259,11 +263,18 @@ def kill_running_children(uri: str, parent_run_id: str) -> int:
         return len(running)
 
 
-def log_analysis(uri: str, sweep: str, folder: Path) -> str:
-    """Attach figures and report to the sweep's parent run."""
+def log_analysis(uri: str, sweep: str, folder: Path) -> str | None:
+    """Attach figures and report to the sweep's parent run, leaving its status as it is (a finished
+    sweep stays FINISHED: the client logs artifacts to a terminated run without reopening it).
+    -> the run id, or None when the store has no parent run of that sweep."""
     import mlflow
 
-    run_id = sweep_parent_run(uri, sweep)
     with _store_lock(uri):
-        mlflow.MlflowClient(tracking_uri=uri).log_artifacts(run_id, str(folder), artifact_path="analysis")
-    return run_id
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        experiment = client.get_experiment_by_name(sweep_experiment(sweep))
+        found = client.search_runs([experiment.experiment_id], filter_string=f"tags.sweep_parent = '{sweep}'",
+                                   max_results=1) if experiment else []
+        if not found:
+            return None
+        client.log_artifacts(found[0].info.run_id, str(folder), artifact_path="analysis")
+        return found[0].info.run_id

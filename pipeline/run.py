@@ -14,7 +14,8 @@ from pipeline import records
 from pipeline.config import flatten
 from pipeline.evaluate import summary_metrics
 from pipeline.experiments import validate
-from pipeline.stages import LAYOUT_VERSION, TrialContext, write_json_atomic
+from models.atomic import file_hash
+from pipeline.stages import LAYOUT_VERSION, TrialContext, damaged_files, write_json_atomic
 from pipeline.storage import Storage
 from pipeline.studies import get_study
 
@@ -61,6 +62,21 @@ def _check_layout(results_dir: Path) -> None:
         marker.write_text(f"{LAYOUT_VERSION}\n")
 
 
+def trial_is_intact(done_marker: Path, results_dir: Path) -> bool:
+    """A finished trial's files (networks, masks, logits, curves, Parquet parts) still match the
+    checksums recorded when it finished. A damaged one is reported by name and the trial is redone:
+    the stages whose files no longer match their own manifests run again, its Parquet rows are
+    rewritten and its MLflow run is finished again (the same run)."""
+    recorded = json.loads(done_marker.read_text())
+    damaged = damaged_files(recorded.get("files", {}), results_dir)
+    if not damaged:
+        return True
+    log.warning("finished trial %s: %s damaged (missing or not matching its checksum); redoing what made it",
+                done_marker.parent.name, ", ".join(str(p) for p in damaged))
+    done_marker.unlink()
+    return False
+
+
 def run_trial(config, results_dir: Path, parent_run_id: str | None = None,
               tags: dict | None = None, mlflow_experiment: str | None = None,
               tracking_uri: str | None = None, on_stage: Callable[[str], None] = lambda stage: None,
@@ -83,7 +99,7 @@ def run_trial(config, results_dir: Path, parent_run_id: str | None = None,
     config_file = ctx.trial_dir / "config.json"
     write_json_atomic(flatten(config) | {"task_version": task.version, "trial_id": trial}, config_file)
     done_marker = ctx.trial_dir / "recorded.json"
-    if ctx.storage.pull(ctx.relative(done_marker)):
+    if ctx.storage.pull(ctx.relative(done_marker)) and trial_is_intact(done_marker, results_dir):
         log.info("trial %s already finished; nothing to do", trial)
         recorded = json.loads(done_marker.read_text())
         return TrialResult(trial, ctx.trial_dir, results_dir / "parquet", uri, recorded["run_id"], recorded["metrics"])
@@ -109,6 +125,7 @@ def run_trial(config, results_dir: Path, parent_run_id: str | None = None,
         curves.flush()
         records.end_trial_run(uri, run_id, error)
         raise
-    write_json_atomic({"run_id": run_id, "metrics": metrics}, done_marker)
+    files = {ctx.relative(path): file_hash(path) for path in [*ctx.produced, *written]}
+    write_json_atomic({"run_id": run_id, "metrics": metrics, "files": files}, done_marker)
     ctx.storage.push(*[ctx.relative(p) for p in written], ctx.relative(config_file), ctx.relative(done_marker))
     return TrialResult(trial, ctx.trial_dir, results_dir / "parquet", uri, run_id, metrics)

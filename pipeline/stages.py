@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,7 @@ class TrialContext:
     log_metrics: Callable[[str, int, dict], None] = lambda stage, step, metrics: None
     stages_done: list = field(default_factory=list)
     pack: MaskPack | None = None
+    produced: list = field(default_factory=list)  # every file of the trial's finished stages (verified later)
 
     @property
     def trial_dir(self) -> Path:
@@ -93,6 +95,7 @@ class TrialContext:
             produce()
             write_manifest(files)
         self.storage.push(*relatives)
+        self.produced += files
         self.stages_done.append(name)
         self.on_stage(name)
 
@@ -105,6 +108,12 @@ def manifest_path(files: list[Path]) -> Path:
 
 def write_manifest(files: list[Path]) -> None:
     write_json_atomic({f.name: file_hash(f) for f in files}, manifest_path(files))
+
+
+def damaged_files(checksums: dict[str, str], root: Path) -> list[Path]:
+    """The files (relative to root) that are missing or no longer match their recorded sha256."""
+    return [root / name for name, expected in checksums.items()
+            if not (root / name).is_file() or file_hash(root / name) != expected]
 
 
 def is_finished(files: list[Path]) -> bool:
@@ -204,6 +213,7 @@ def pretrained_network(ctx: TrialContext, split: str | None = None) -> Path:
             train_network(ctx, split, folder, final)
             write_manifest(files)
     ctx.storage.push(*relatives)
+    ctx.produced += files
     name = "pretrain" if split == ctx.task.pretrain_split else f"pretrain {split}"
     ctx.stages_done.append(name)
     ctx.on_stage(name)
@@ -271,8 +281,37 @@ def mask_files(ctx: TrialContext, name: str) -> tuple[Path, Path]:
     return folder / f"{name}.masks.pt", folder / f"{name}.logits.pt"
 
 
+def curve_file(ctx: TrialContext, name: str) -> Path:
+    """<trial>/masks/<name>.curve.json: the mask's kept fraction every log_every steps (convergence)."""
+    return ctx.trial_dir / "masks" / f"{name}.curve.json"
+
+
 def mask_seed(ctx: TrialContext, name: str) -> int:
-    return ctx.config.seed * 1000 + 1 + list(ctx.task.mask_splits).index(name)
+    """The seed of mask `name`'s data and noise: from its place among the task's masks, or, for a
+    mask the task does not name (a repeat with another seed), from its name."""
+    names = list(ctx.task.mask_splits)
+    offset = names.index(name) if name in names else 100 + zlib.crc32(name.encode()) % 800
+    return ctx.config.seed * 1000 + 1 + offset
+
+
+class Curve:
+    """[(step, kept_fraction, mean_keep_probability)] of a training mask; a stage-state object (state_dict),
+    so a stage resumed from its checkpoint still has every point."""
+
+    def __init__(self):
+        self.points: list[tuple[int, float, float]] = []
+
+    def add(self, step: int, statistics: dict) -> None:
+        self.points.append((step, statistics["kept_fraction"], statistics["mean_keep_probability"]))
+
+    def state_dict(self) -> dict:
+        return {"points": list(self.points)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.points = [tuple(point) for point in state["points"]]
+
+    def save(self, path: Path) -> None:
+        write_json_atomic({"columns": ["step", "kept_fraction", "mean_keep_probability"], "points": self.points}, path)
 
 
 def train_mask(ctx: TrialContext, name: str, split: str, network: Path,
@@ -282,7 +321,8 @@ def train_mask(ctx: TrialContext, name: str, split: str, network: Path,
     prepare(masked) runs before training (e.g. to fix some logits); it must be deterministic.
     """
     masks_file, logits_file = mask_files(ctx, name)
-    ctx.stage(f"mask {name}", [masks_file, logits_file], lambda: _train_mask(ctx, name, split, network, prepare))
+    files = [curve_file(ctx, name), masks_file, logits_file]
+    ctx.stage(f"mask {name}", files, lambda: _train_mask(ctx, name, split, network, prepare))
     return logits_file
 
 
@@ -324,9 +364,11 @@ def _train_mask(ctx: TrialContext, name: str, split: str, network: Path, prepare
         return {"loss": loss}
 
     validation = validation_batches(ctx, split)
+    curve = Curve()
 
     def report(step_index: int, means: dict) -> None:
         statistics = mask_statistics(masked)
+        curve.add(step_index, statistics)
         total = means["loss"] + statistics["regularizer"]
         ctx.log_metrics(f"mask {name}", step_index, means | statistics | {"total": total})
         if step_index % (VALIDATE_EVERY * config.log_every) == 0 or step_index == config.mask.steps:
@@ -335,12 +377,13 @@ def _train_mask(ctx: TrialContext, name: str, split: str, network: Path, prepare
                                 {"validation_accuracy": accuracy(task, masked.model, validation)})
 
     state = {"logits": masked.logits, "optimizer": optimizer, "schedule": schedule, "generator": generator,
-             "noise": noise}
+             "noise": noise, "curve": curve}
     checkpoint = logits_file.with_name(f"{name}.checkpoint.pt")
     logits_file.parent.mkdir(parents=True, exist_ok=True)
     with ctx.pack.member() if ctx.pack else contextlib.nullcontext():
         run_resumable(step, state, config.mask.steps, checkpoint, config.checkpoint_every, f"mask {name}",
                       report, config.log_every)
+    curve.save(curve_file(ctx, name))
     masked.deterministic_masks().save(masks_file)
     atomic_torch_save({n: l.detach().cpu() for n, l in masked.logits_by_name().items()}, logits_file)
     checkpoint.unlink(missing_ok=True)

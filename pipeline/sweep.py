@@ -14,6 +14,8 @@ import json
 import logging
 import os
 import queue
+import shlex
+import signal
 import socket
 import tempfile
 import threading
@@ -34,15 +36,15 @@ from tasks.registry import get_task
 log = logging.getLogger(__name__)
 
 
-SMOKE_SEEDS = 2  # --smoke runs 2 seeds unless --seeds says otherwise
 PACKABLE_PREFIX = "mask."  # grid axes whose trials share everything before the mask stage
 MAX_PACK = 16  # trials per pack by default with device=cuda
 MAX_PACK_CPU = 4  # ... and on a CPU (measured: packs of 3 even to 8 % faster, 16 slower; benchmarks/README.md)
 GPUS_PER_TRIAL_ON_CUDA = 0.25  # GPU share of a trial (or pack) with device=cuda and no --gpus-per-trial
 
 
-def param_space(spec: SweepSpec, seeds: int, smoke: bool, overrides: dict, pack_size: int = MAX_PACK_CPU) -> dict:
-    """Tune's grid: seeds are a grid axis (num_samples would repeat the whole grid).
+def param_space(spec: SweepSpec, seeds: int, scale: str, overrides: dict, pack_size: int = MAX_PACK_CPU) -> dict:
+    """Tune's grid of `spec` (already at `scale`, SweepSpec.at): seeds are a grid axis (num_samples
+    would repeat the whole grid).
 
     Grid axes of the mask stage (`mask.*`: β...) change nothing before the masks, so their grid
     points share one pretrained network and can train their masks in one pass: they are grouped
@@ -51,18 +53,39 @@ def param_space(spec: SweepSpec, seeds: int, smoke: bool, overrides: dict, pack_
     """
     from ray import tune
 
-    grid = spec.smoke_grid if smoke and spec.smoke_grid is not None else spec.grid
+    grid = spec.grid
     fixed = {k: v for k, v in overrides.items() if k not in grid}
-    for experiment in spec.experiments:  # fail on a bad key or value before starting Ray
-        for values in [dict(zip(grid, combo)) for combo in _product(grid)] or [{}]:
-            validate(override(get_experiment(experiment, smoke), {k: str(v) for k, v in (values | fixed).items()}))
+    resolve_grid(spec, scale, overrides)  # fail on a bad key or value before starting Ray
     packed = {k: v for k, v in grid.items() if k.startswith(PACKABLE_PREFIX)} if pack_size != 1 else {}
     space = {"experiment": tune.grid_search(list(spec.experiments)), "seed": tune.grid_search(list(range(seeds)))}
     space |= {key: tune.grid_search(list(values)) for key, values in grid.items() if key not in packed}
     if packed:
         groups = packs([dict(zip(packed, c)) for c in _product(packed)], pack_size)
         space["pack"] = tune.grid_search([{"label": _label(group), "members": group} for group in groups])
-    return space | {"fixed_overrides": fixed, "smoke": smoke}
+    return space | {"fixed_overrides": fixed, "scale": scale}
+
+
+_RESOLVED: dict[str, list[tuple]] = {}  # resolve_grid's results by sweep, scale and overrides
+
+
+def resolve_grid(spec: SweepSpec, scale: str, overrides: dict) -> list[tuple]:
+    """[(config, task)] of every experiment × grid point (seed 0), each validated: a bad key or value
+    fails here, before Ray starts. Resolved once per sweep run (param_space and the estimate share it)."""
+    key = repr((spec.experiments, spec.grid, scale, sorted(overrides.items())))
+    if key not in _RESOLVED:
+        fixed = {k: v for k, v in overrides.items() if k not in spec.grid}
+        _RESOLVED[key] = [(config, validate(config)) for experiment in spec.experiments
+                          for values in [dict(zip(spec.grid, combo)) for combo in _product(spec.grid)] or [{}]
+                          for config in [override(get_experiment(experiment, scale=scale), values | fixed)]]
+    return _RESOLVED[key]
+
+
+def sweep_workload(spec: SweepSpec, seeds: int, scale: str, overrides: dict):
+    """The sweep's training steps (pipeline.estimate), every seed of every grid point."""
+    from pipeline.estimate import workload
+
+    return workload([(dataclasses.replace(config, seed=seed), task)
+                     for config, task in resolve_grid(spec, scale, overrides) for seed in range(seeds)])
 
 
 def packs(members: list[dict], pack_size: int | None) -> list[list[dict]]:
@@ -86,11 +109,11 @@ def _product(grid: dict) -> list[tuple]:
 # -- the trial ----------------------------------------------------------------------------------------
 def member_configs(trial_config: dict) -> list:
     """The ExperimentConfig of each trial in this Tune trial (one, or the members of a pack)."""
-    config = get_experiment(trial_config["experiment"], trial_config["smoke"])
+    config = get_experiment(trial_config["experiment"], scale=trial_config["scale"])
     keys = {k: v for k, v in trial_config.items() if "." in k} | trial_config["fixed_overrides"]
     configs = []
     for member in trial_config.get("pack", {}).get("members") or [{}]:
-        member_config = override(config, {k: str(v) for k, v in (keys | member).items()})
+        member_config = override(config, keys | member)
         configs.append(dataclasses.replace(member_config, seed=int(trial_config["seed"]),
                                            sweep=trial_config["context"]["sweep"]))
     return configs
@@ -229,6 +252,8 @@ class SweepSummary:
     parent_run_id: str
     resumed: bool
     interrupted: bool = False
+    stopped_by: str = ""  # the signal that stopped the sweep: "SIGINT" (Ctrl-C) or "SIGTERM" (a scheduler)
+    finished_earlier: int = 0  # trials an earlier run finished (not run again)
 
 
 def run_sweep(
@@ -247,29 +272,36 @@ def run_sweep(
     storage_uri: str | None = None,
     verbose: bool = False,
     pack_size: int | None = None,
+    scale: str | None = None,
 ) -> SweepSummary:
     """Run (or resume) sweep `name`. resume=None: resume when the sweep's Tune state exists.
 
     pack_size: trials whose masks train in one pass (see param_space); resources are per pack.
-    A resumed sweep keeps the packs it started with."""
+    A resumed sweep keeps the packs it started with. scale: paper, cpu or smoke (smoke=True is
+    scale="smoke")."""
     if not verbose:  # read when ray is imported: no warning line per retry of a failing connection
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     import ray
     from ray import tune
 
-    spec = get_sweep(name)
+    scale = scale or ("smoke" if smoke else "paper")
+    spec = get_sweep(name).at(scale)
     if pack_size is not None and pack_size < 1:
         raise ValueError(f"pack size must be >= 1 (1: no packing), got {pack_size}")
-    devices = _trial_devices(spec, smoke, overrides or {})
+    devices = _trial_devices(spec, scale, overrides or {})
     pack_size = pack_size or default_pack_size(devices)
-    space = param_space(spec, seeds or (SMOKE_SEEDS if smoke else spec.seeds), smoke, overrides or {}, pack_size)
+    seeds = seeds or spec.seeds
+    space = param_space(spec, seeds, scale, overrides or {}, pack_size)
+    for line in sweep_workload(spec, seeds, scale, overrides or {}).lines(next(iter(sorted(devices)))):
+        print(f"sweep {name} ({scale} scale): {line}", flush=True)
     gpus_per_trial = _gpu_share(devices, gpus_per_trial)
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:  # before anything is written: a wrong address leaves the results folder as it was
+        check_ray_address(address)
     check_results_dir(Path(results_dir))
     results_dir = Path(results_dir).resolve()  # Ray runs trials in their own working directories
-    address = address or os.environ.get("RAY_ADDRESS")
     uri = records.tracking_uri(results_dir)
     if address:
-        check_ray_address(address)
         uri = tracking_uri_for_cluster(uri, ray.util.get_node_ip_address())
     records.check_tracking(uri)
     if storage_uri:
@@ -293,23 +325,33 @@ def _run_as_driver(name, space, results_dir, uri, storage, sweep_dir, resumed, a
                         "fail_first_attempt": fail_first_attempt}
     space["cpus_per_trial"] = cpus_per_trial
 
-    start = time.time()
+    start, before = time.time(), _attempts(space, results_dir)
+
+    def stop_without_ray() -> None:
+        """SIGTERM to the whole process group also stops Ray's own processes, and then Tune cannot end
+        the sweep: record and say what the trial folders show, and exit as a stopped sweep does."""
+        records.kill_running_children(uri, parent)
+        summary = _summarise(name, _planned(space), results_dir, uri, parent, time.time() - start, resumed,
+                             "SIGTERM", before)
+        records.finish_sweep_parent_run(uri, parent, dataclasses.asdict(summary))
+        print("\n".join(summary_lines(summary)), flush=True)
+        os._exit(143)
+
     try:
-        grid, interrupted = _fit(name, space, sweep_dir, storage, resumed, address, num_cpus, cpus_per_trial,
-                                 gpus_per_trial, max_failures, verbose)
+        grid, stopped_by = _fit(name, space, sweep_dir, storage, resumed, address, num_cpus, cpus_per_trial,
+                                gpus_per_trial, max_failures, verbose, stop_without_ray)
     except BaseException as error:  # no parent run left RUNNING, whatever stopped the sweep
         records.kill_running_children(uri, parent)
         records.end_trial_run(uri, parent, error)
         raise
     records.kill_running_children(uri, parent)
-    summary = _summarise(name, grid, results_dir, uri, parent, time.time() - start, resumed, interrupted,
-                         space["context"]["driver"])
+    summary = _summarise(name, grid, results_dir, uri, parent, time.time() - start, resumed, stopped_by, before)
     records.finish_sweep_parent_run(uri, parent, dataclasses.asdict(summary))
     return summary
 
 
-def _trial_devices(spec: SweepSpec, smoke: bool, overrides: dict) -> set[str]:
-    return {str(overrides.get("device", get_experiment(e, smoke).device)) for e in spec.experiments}
+def _trial_devices(spec: SweepSpec, scale: str, overrides: dict) -> set[str]:
+    return {str(overrides.get("device", get_experiment(e, scale=scale).device)) for e in spec.experiments}
 
 
 def default_pack_size(devices: set[str]) -> int:
@@ -352,8 +394,8 @@ def _only_driver(results_dir: Path, name: str):
 
 
 def _fit(name, space, sweep_dir, storage, resumed, address, num_cpus, cpus_per_trial, gpus_per_trial,
-         max_failures, verbose) -> tuple:
-    """Tune's fit on a local or remote Ray. -> (ResultGrid, interrupted by the user)."""
+         max_failures, verbose, stop_without_ray=None) -> tuple:
+    """Tune's fit on a local or remote Ray. -> (ResultGrid, the signal that stopped it or "")."""
     import ray
     from ray import tune
 
@@ -383,12 +425,70 @@ def _fit(name, space, sweep_dir, storage, resumed, address, num_cpus, cpus_per_t
                     progress_reporter=None if verbose else progress_reporter(space),
                     verbose=3 if verbose else 1),
             )
+        stopped = {"by": ""}  # Tune's own SIGINT handler ends fit() normally, its trials unfinished
         try:
-            return tuner.fit(), False
+            with _sigterm_as_interrupt(stopped, stop_without_ray), _without_tunes_resume_hint():
+                return tuner.fit(), stopped["by"]
         except KeyboardInterrupt:
-            return tune.Tuner.restore(sweep_dir, trainable).get_results(), True
+            return tune.Tuner.restore(sweep_dir, trainable).get_results(), stopped["by"] or "SIGINT"
     finally:
         ray.shutdown()
+
+
+class _NoResumeHint(logging.Filter):
+    """Drops Tune's "Resume experiment with: Tuner.restore(...)": the sweep's summary says how to resume
+    (the same `pipeline sweep` command), and Tune's Python call is not what a user of the CLI runs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_tunes_resume_hint():
+    tune_log = logging.getLogger("ray.tune.tune")
+    hint = _NoResumeHint()
+    tune_log.addFilter(hint)
+    try:
+        yield
+    finally:
+        tune_log.removeFilter(hint)
+
+
+SIGTERM_GRACE_SECONDS = 20  # Tune ends a stopped sweep in about a second while Ray's processes live
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt(stopped: dict, stop_without_ray=None):
+    """SIGTERM (what Slurm, Kubernetes, systemd and `docker stop` send) stops the sweep the way Ctrl-C
+    does: whatever handles SIGINT now (Tune's, which saves the sweep's state) handles it, and a second
+    SIGTERM or SIGINT stops at once as a second Ctrl-C does. Installed after Ray started, so it also
+    replaces the handler of Ray's core that printed a C++ stack dump. Main thread only (signals).
+    If Tune has not ended the sweep SIGTERM_GRACE_SECONDS later (the signal went to the whole process
+    group and stopped Ray's processes too), stop_without_ray() ends it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    timers: list[threading.Timer] = []
+
+    def handler(signum, frame):
+        stopped["by"] = "SIGTERM"
+        if stop_without_ray is not None and not timers:
+            timers.append(threading.Timer(SIGTERM_GRACE_SECONDS, stop_without_ray))
+            timers[0].daemon = True
+            timers[0].start()
+        on_interrupt = signal.getsignal(signal.SIGINT)
+        if callable(on_interrupt) and on_interrupt is not signal.default_int_handler:
+            on_interrupt(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for timer in timers:
+            timer.cancel()
 
 
 def _join_cluster(address: str, verbose: bool) -> None:
@@ -488,10 +588,42 @@ def progress_reporter(space: dict):
     return reporter
 
 
-def _summarise(name, grid, results_dir, uri, parent, seconds, resumed, interrupted, driver) -> SweepSummary:
+@dataclass(frozen=True)
+class _Planned:
+    """A trial of the sweep's space as _summarise reads a Tune result: its config, no error known."""
+
+    config: dict
+    error: None = None
+
+
+def _planned(space: dict) -> list[_Planned]:
+    """Every Tune trial the space describes (its grid_search axes expanded), without Tune."""
+    import itertools
+
+    axes = {k: v["grid_search"] for k, v in space.items() if isinstance(v, dict) and "grid_search" in v}
+    fixed = {k: v for k, v in space.items() if k not in axes}
+    return [_Planned(fixed | dict(zip(axes, combo))) for combo in itertools.product(*axes.values())]
+
+
+def _attempts(space: dict, results_dir: Path) -> dict[Path, tuple[int, bool]]:
+    """(attempts so far, finished) of every trial of the space, by trial folder: a resumed sweep's
+    trials keep the driver id they started with, so what ran in this run is told by comparing with
+    this snapshot from its start."""
+    attempts = {}
+    for planned in _planned(space):
+        for config in member_configs(planned.config):
+            folder = trial_folder(results_dir, config)
+            path = folder / "attempts.json"
+            attempts[folder] = (sum(json.loads(path.read_text()).values()) if path.exists() else 0,
+                                (folder / "recorded.json").exists())
+    return attempts
+
+
+def _summarise(name, grid, results_dir, uri, parent, seconds, resumed, stopped_by, before) -> SweepSummary:
     """Counts per trial (a pack counts each of its members), read from the trials' own folders:
-    done = recorded in Parquet and MLflow; failed = not done, in a Tune trial that ended in error."""
-    done = failed = retried = resumed_trials = total = 0
+    done = recorded in Parquet and MLflow; failed = not done, in a Tune trial that ended in error;
+    before: attempts per trial folder when this run started (_attempts)."""
+    done = failed = retried = resumed_trials = finished_earlier = total = 0
     for result in grid:
         for config in member_configs(result.config):
             folder = trial_folder(results_dir, config)
@@ -500,10 +632,13 @@ def _summarise(name, grid, results_dir, uri, parent, seconds, resumed, interrupt
             done += finished
             failed += not finished and result.error is not None
             counts = json.loads((folder / "attempts.json").read_text()) if (folder / "attempts.json").exists() else {}
-            retried += counts.get(driver, 0) > 1
-            resumed_trials += bool(set(counts) - {driver})
+            ran_before, finished_before = before.get(folder, (0, False))
+            ran_now = sum(counts.values()) - ran_before
+            retried += ran_now > 1
+            resumed_trials += ran_before > 0 and not finished_before and ran_now > 0  # continued in this run
+            finished_earlier += finished_before
     return SweepSummary(name, done, failed, total - done - failed, retried, resumed_trials, seconds, results_dir,
-                        uri, parent, resumed, interrupted)
+                        uri, parent, resumed, bool(stopped_by), stopped_by, finished_earlier)
 
 
 def tracking_uri_for_cluster(uri: str, driver_ip: str) -> str:
@@ -540,11 +675,14 @@ def check_ray_address(address: str) -> None:
 def summary_lines(summary: SweepSummary) -> list[str]:
     lines = [
         f"sweep {summary.name}{' (resumed)' if summary.resumed else ''}"
-        f"{' INTERRUPTED' if summary.interrupted or summary.unfinished else ''}: {summary.done} trials done, "
+        f"{' INTERRUPTED' if summary.interrupted or summary.unfinished else ''}"
+        f"{f' by {summary.stopped_by}' if summary.stopped_by else ''}: {summary.done} trials done, "
         f"{summary.failed} failed, {summary.unfinished} unfinished, {summary.retried} retried after a failure, "
-        f"{summary.resumed_trials} resumed from an earlier run, {summary.wall_seconds:.0f} s",
+        f"{summary.resumed_trials} resumed from an earlier run, "
+        f"{f'{summary.finished_earlier} finished in an earlier run, ' if summary.finished_earlier else ''}"
+        f"{summary.wall_seconds:.0f} s",
         f"Parquet:  {summary.results_dir / 'parquet'}",
-        f"MLflow:   mlflow ui --backend-store-uri {summary.tracking_uri}  (parent run {summary.parent_run_id})",
+        f"MLflow:   mlflow ui --backend-store-uri {shlex.quote(summary.tracking_uri)}  (parent run {summary.parent_run_id})",
     ]
     if summary.unfinished or summary.failed:
         lines.append(f"resume:   run the same `pipeline sweep {summary.name} ...` command again "

@@ -42,6 +42,11 @@ class Registry(dict):
 _TASKS = Registry("task")
 
 
+class DataError(RuntimeError):
+    """A task's data is missing, truncated or corrupt; the message names the file and how to get it.
+    Every command reports it as one line (a task's own data errors derive from it)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class NoOptions:
     """Settings of a task that has none."""

@@ -22,6 +22,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import shutil
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -31,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from models.atomic import atomic_path, file_hash
-from tasks.registry import register_task, suggest
+from tasks.registry import DataError, register_task, suggest
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,7 @@ VALIDATION_SEED = 2021  # the same evaluation subset for every trial when eval_s
 EVAL_CHUNK = 512
 
 
-class ScanDataError(RuntimeError):
+class ScanDataError(DataError):
     """A SCAN file is missing and cannot be downloaded, or its md5 is not the upstream one."""
 
 
@@ -107,18 +109,23 @@ def ensure_files(data_dir: Path, base_url: str = UPSTREAM_URL) -> None:
 def download(url: str, path: Path, expected_md5: str) -> None:
     """Fetch `url` to `path`, written atomically and only if its md5 is `expected_md5`."""
     log.info("downloading %s to %s", url, path)
-    with atomic_path(path) as tmp:
+    # Fetched to a temporary file outside the data folder first: nothing is created there (not even
+    # a folder) unless the download succeeds with the right md5.
+    with tempfile.NamedTemporaryFile(prefix="scan-", suffix=".download") as fetched:
         try:
-            with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
+            with urllib.request.urlopen(url, timeout=60) as response:
                 for block in iter(lambda: response.read(1 << 20), b""):
-                    out.write(block)
+                    fetched.write(block)
+            fetched.flush()
         except (urllib.error.URLError, OSError) as error:
             raise ScanDataError(f"SCAN file {path} is missing and the download from {url} failed ({error}); "
                                 "put the upstream files under <data dir>/SCAN/ (see --data-dir)") from None
-        actual = file_md5(tmp)
+        actual = file_md5(Path(fetched.name))
         if actual != expected_md5:
             raise ScanDataError(f"SCAN file {path.name} downloaded from {url} has md5 {actual}, expected "
                                 f"{expected_md5} (truncated or corrupt download); nothing was written")
+        with atomic_path(path) as tmp:
+            shutil.copyfile(fetched.name, tmp)
 
 
 def read_examples(path: Path) -> list[tuple[list[str], list[str]]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import threading
 from collections import Counter
 
 import torch
@@ -12,6 +13,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from torch.utils._pytree import tree_flatten, tree_map
 
+from models.masking.attention import batched_attention
 from models.masking.batching import (
     any_requires_grad,
     attention_fast_path_disabled,
@@ -64,23 +66,26 @@ class MaskedModel(nn.Module):
     propagates. The model's buffers never change: each forward works on copies (BatchNorm in train
     mode normalises with each slice's statistics and its running statistics stay as they were).
     Modules with an inference fast path (nn.MultiheadAttention, nn.Transformer*) run their
-    differentiable path in eval mode, with eval semantics.
+    differentiable path in eval mode, with eval semantics. Attention (scaled_dot_product_attention)
+    runs as one call over all samples (models/masking/attention.py), not once per sample.
 
     train_weights=False: the model's weights get requires_grad=False and never change.
     train_weights=True: the weights train with the masks, except entries where `frozen_weights`
     (name -> bool tensor) is True, which keep their value bit for bit.
     fused=True runs the element-wise mask work as torch.compile'd kernels that draw their noise
     in-kernel from a counter-based generator (faster per step, no K-stack of uniforms kept for
-    backward; seconds of compilation at the first step; see benchmarks/README.md).
+    backward; seconds of compilation at the first step; see benchmarks/README.md). Where they do
+    not compile, the first forward logs one warning and the eager path runs (`fused` becomes False).
     recompute=True (fused path, outside a pack; None, the default: where the K stacks of all masked
-    weights take at least RECOMPUTE_FROM_BYTES, 1 GiB): the [K, *S] masked weight stacks that the model's
-    layers save for their backward pass are drawn again there from their noise keys instead of being
+    weights take at least RECOMPUTE_FROM_BYTES, 1 GiB): the [K, *S] masked weight stacks that the
+    model's layers save for their backward pass are drawn again there from their noise keys instead of being
     kept (sampling.RecomputedStacks), and on the batched path each stack is drawn when the module
     that owns the parameter runs rather than all before the forward pass, so that about one layer's
     stack exists at a time: the same gradients, bit for bit, for one more forward kernel per masked
-    weight and step. Outside its owner's forward a masked parameter then holds a meta tensor, so
-    that a model whose code reads it elsewhere (nn.MultiheadAttention reads its out_proj's weight)
-    fails the first such call instead of missing a mask; from then on its stacks are drawn up front.
+    weight and step. Outside its owner's forward a masked parameter then holds a placeholder on
+    which any computation raises, so that a model whose code reads it elsewhere
+    (nn.MultiheadAttention reads its out_proj's weight) fails the first such call instead of
+    missing a mask; from then on its stacks are drawn up front.
 
     noise_generator: where the mask noise comes from (torch's global generator when None; a CPU
     generator for the fused path, one on the model's device otherwise). A pipeline gives each mask
@@ -116,6 +121,7 @@ class MaskedModel(nn.Module):
         self.fused = fused
         stack_bytes = config.num_samples * sum(4 * l.numel() for l in self.logits)
         self.recompute = stack_bytes >= RECOMPUTE_FROM_BYTES if recompute is None else recompute
+        self._fused_kernels_checked = False
         self.batch_dims = batch_dims
         self.noise_generator: torch.Generator | None = None
         self.pack = None
@@ -186,15 +192,39 @@ class MaskedModel(nn.Module):
         memory like the logits (matrices transposed), so element-wise work runs contiguously."""
         storage_shapes = [l.t().shape if l.dim() == 2 else l.shape for l in self.logits]
         generator = generator if generator is not None else self.noise_generator
-        uniforms = sample_uniforms(storage_shapes, self.config.num_samples, self.logits[0].device, generator)
-        return [u.transpose(-1, -2) if l.dim() == 2 else u for u, l in zip(uniforms, self.logits)]
+        device = self.logits[0].device
+        # A generator on another device (the fused path's CPU generator, after a fallback to the eager
+        # path on a GPU) still decides the noise: drawn where it lives, then moved.
+        noise_device = generator.device if generator is not None else device
+        uniforms = sample_uniforms(storage_shapes, self.config.num_samples, noise_device, generator)
+        return [u.to(device).transpose(-1, -2) if l.dim() == 2 else u.to(device) for u, l in zip(uniforms, self.logits)]
 
     # -- forward -------------------------------------------------------------------------------
     def forward(self, *inputs, **options):
+        if self.fused and not self._fused_kernels_checked:
+            self._check_fused_kernels()
         if self.fused:
             keys = draw_keys(len(self.names), self.logits[0].device, self.noise_generator)
-            return self.forward_with_keys(keys, *inputs, **options)
+            try:
+                return self.forward_with_keys(keys, *inputs, **options)
+            except Exception as error:  # a kernel the check did not compile (another rank) failing to compile
+                if not _is_compile_failure(error):
+                    raise
+                self._fall_back_to_eager(_describe(error))
         return self.forward_with_uniforms(self.sample_uniforms(), *inputs, **options)
+
+    def _check_fused_kernels(self) -> None:
+        """Fall back to the eager path, with one log line, where the fused kernels cannot be compiled
+        (no C++ compiler, a broken Triton): a slower trial rather than a failed one."""
+        error = fused_kernels_error(self.logits[0].device)
+        self._fused_kernels_checked = True
+        if error is not None:
+            self._fall_back_to_eager(error)
+
+    def _fall_back_to_eager(self, error: str) -> None:
+        log.warning("fused mask kernels do not compile on %s (%s); %s trains its masks on the eager path "
+                    "(same mask distribution, slower steps)", self.logits[0].device, error, type(self.model).__name__)
+        self.fused = False
 
     def forward_with_keys(self, keys: list[Tensor], *inputs, **options):
         """Fused path: the noise of parameter i is keyed_uniforms(keys[i], ...), drawn in-kernel.
@@ -263,7 +293,8 @@ class MaskedModel(nn.Module):
         in_dims = (0, 0, *tree_map(lambda x: 0 if torch.is_tensor(x) else None, sliced))
         index = torch.arange(K, device=self.logits[0].device)
         with attention_fast_path_disabled():
-            outputs = vmap(one_sample, in_dims=in_dims, randomness="different")(index, per_sample_buffers, *sliced)
+            with batched_attention():  # as in run_vmapped
+                outputs = vmap(one_sample, in_dims=in_dims, randomness="different")(index, per_sample_buffers, *sliced)
             return self._joined(outputs, inputs, options)
 
     def keyed_stacks(self, keys: list[Tensor], recomputed: RecomputedStacks | None = None) -> tuple[dict, dict]:
@@ -359,7 +390,8 @@ class MaskedModel(nn.Module):
             return functional_call(self.model, tensors, inputs_k, options, strict=False)
 
         in_dims = (0, 0, *tree_map(lambda x: 0 if torch.is_tensor(x) else None, sliced))
-        return vmap(one_sample, in_dims=in_dims, randomness="different")(stacked, per_sample_buffers, *sliced)
+        with batched_attention():  # attention as one call over the N samples, not N (models/masking/attention.py)
+            return vmap(one_sample, in_dims=in_dims, randomness="different")(stacked, per_sample_buffers, *sliced)
 
     def _looped(self, stacked: dict, shared: dict, sliced: list, options: dict):
         """K calls of the model, one per sample: a tree of [K, ...] outputs."""
@@ -453,6 +485,55 @@ class _OutsideItsModule(Tensor):
 _METADATA = {Tensor.shape.__get__, Tensor.dtype.__get__, Tensor.ndim.__get__, Tensor.requires_grad.__get__,
              Tensor.layout.__get__, Tensor.size, Tensor.dim, Tensor.numel, Tensor.is_floating_point,
              Tensor.is_complex, Tensor.__len__, Tensor.element_size}
+
+
+_kernel_errors: dict[str, str | None] = {}  # device -> why the fused kernels fail there, None if they work
+_kernel_errors_lock = threading.Lock()
+
+
+def fused_kernels_error(device: torch.device) -> str | None:
+    """None if the fused mask kernels compile and run forward and backward on `device`, else the
+    error (and its root cause), one line. Tried once per device and process, on a small matrix and
+    a vector (the compiled graphs have dynamic shapes, so the real tensors reuse them)."""
+    with _kernel_errors_lock:
+        if str(device) not in _kernel_errors:
+            _kernel_errors[str(device)] = _try_fused_kernels(torch.device(device))
+        return _kernel_errors[str(device)]
+
+
+def _try_fused_kernels(device: torch.device) -> str | None:
+    key = torch.tensor([12345, 678], dtype=torch.int32, device=device)  # fixed: no random state drawn
+    try:
+        for shape in ((5, 3), (5,)):
+            weight = torch.ones(shape, device=device)
+            logits = _new_logits(weight, 0.0).requires_grad_()
+            keyed_masked_weight_samples(weight, logits, key, 2).sum().backward()
+            if logits.grad is None or not bool(torch.isfinite(logits.grad).all()):
+                return "the compiled backward gave no finite gradient"
+    except Exception as error:  # any failure to compile or run them means: use the eager path
+        return _describe(error)
+    return None
+
+
+def _is_compile_failure(error: BaseException) -> bool:
+    """Whether torch.compile failed to compile (not a model's or a caller's error)."""
+    from torch._dynamo.exc import BackendCompilerFailed  # dynamo is loaded by then: the kernels went through it
+
+    return isinstance(error, BackendCompilerFailed)
+
+
+def _describe(error: BaseException) -> str:
+    """The error and its root cause, first line each (a compiler's error wraps the real one)."""
+    root, seen = error, set()
+    while id(root) not in seen:  # dynamo keeps the backend's error as inner_exception, not as __cause__
+        seen.add(id(root))
+        root = root.__cause__ or getattr(root, "inner_exception", None) or root
+    text = f"{type(error).__name__}: {_first_line(error)}"
+    return text if root is error else f"{text} caused by {type(root).__name__}: {_first_line(root)}"
+
+
+def _first_line(error: BaseException) -> str:
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), "")[:300]
 
 
 def _new_logits(weight: Tensor, value: float) -> Tensor:

@@ -61,4 +61,13 @@ def test_report_has_the_paper_column(tmp_path):
                                   "mask": "task0", "subtask": "task0", "accuracy": 0.9}])
     report, outcomes = analyze([tmp_path], tmp_path / "out")
     text = report.read_text()
-    assert "Fig. 3" in text and "fills first" in text and "a new permutation needs its own first layer" in text
+    assert "Fig. 3" in text and "The last layer has the lowest capacity, filling up first" in text
+    assert "a new permutation needs its own first layer" not in text  # our inference, not the paper's words
+
+
+def test_largest_change_is_not_measurable_after_a_single_evaluation(tmp_path):
+    # one task, evaluated once: a spread of 0.0 would look like the paper's "no forgetting"
+    _write(tmp_path, "continual", [_accuracy("a", 0, 0, 0, 0.9), _accuracy("b", 1, 0, 0, 0.8)])
+    figure = figure_accuracy(load_tables([tmp_path]), tmp_path / "out")
+    change = figure.numbers["permuted-mnist: largest change of an earlier task's accuracy"]
+    assert isinstance(change, str) and change.startswith("n/a: only one evaluation")

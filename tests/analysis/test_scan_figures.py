@@ -52,7 +52,7 @@ def test_scan_figures_numbers_by_hand(results, tmp_path):
 def test_scan_figures_are_in_the_report_and_skipped_without_scan_rows(results, tmp_path):
     report, outcomes = analyze([results], tmp_path / "analysis", "scan")
     text = report.read_text()
-    assert "Fig. 4a" in text and "Fig. 4b" in text and "Fig. 16" in text and "almost half" in text
+    assert "Fig. 4a" in text and "Fig. 4b" in text and "Fig. 16" in text and "Almost half" in text
     _write(tmp_path / "other", "metrics", [{**_metrics("a", 0, "none", "full", 1.0), "experiment": "addmul-fnn"}])
     skipped = figure_4b(load_tables([tmp_path / "other"]), tmp_path / "o")
     assert "output_removal" in skipped.reason

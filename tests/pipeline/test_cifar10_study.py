@@ -9,7 +9,8 @@ from pipeline.config import override
 from pipeline.experiments import get_experiment
 from pipeline.stages import TrialContext, load_network, mask_files, pretrained_network, train_mask
 from pipeline.storage import Storage
-from pipeline.studies.cifar10 import FIXED_LOGIT, fix_output_layer, iou_rows, output_layer_parameters
+from pipeline.evaluate import iou_rows
+from pipeline.studies.cifar10 import FIXED_LOGIT, fix_output_layer, output_layer_parameters
 from tasks.cifar10 import Cifar10Options, Cifar10Task
 from tests.tasks.cifar_data import EASY_CLASS, accept_generated_checksums, write_cifar10
 
@@ -24,9 +25,8 @@ def test_iou_of_a_mask_with_itself_is_one_and_of_disjoint_masks_zero():
     disjoint_b = _masks(**{"a.weight": [0, 0, 1, 1], "b.weight": [0, 1]})
     half_a = _masks(**{"a.weight": [1, 1, 1, 0], "b.weight": [0, 0]})
     half_b = _masks(**{"a.weight": [0, 1, 1, 1], "b.weight": [0, 0]})
-    masks = {"pair-x-y-a": same, "pair-x-y-b": same, "pair-x-z-a": disjoint_a, "pair-x-z-b": disjoint_b,
-             "pair-y-z-a": half_a, "pair-y-z-b": half_b}
-    rows = {(r["pair"], r["layer"]): r for r in iou_rows(masks, ["pair-x-y", "pair-x-z", "pair-y-z"], ("a", "b"))}
+    pairs = {"pair-x-y": (same, same), "pair-x-z": (disjoint_a, disjoint_b), "pair-y-z": (half_a, half_b)}
+    rows = {(r["pair"], r["layer"]): r for r in iou_rows(pairs)}
     assert rows["pair-x-y", "all"]["iou"] == 1.0
     assert rows["pair-x-z", "all"]["iou"] == 0.0
     assert rows["pair-y-z", "all"]["iou"] == pytest.approx(2 / 4)  # {1, 2} of {0, 1, 2, 3}

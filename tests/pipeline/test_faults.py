@@ -71,3 +71,30 @@ def test_corrupt_mid_stage_checkpoint_restarts_the_stage(tmp_path, monkeypatch, 
     _assert_same_logits(_logits(straight.trial_dir), _logits(resumed.trial_dir))
     runs = _runs(tmp_path / "resumed")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damaged", ["pretrained network", "mask file", "Parquet part"])
+def test_a_damaged_file_of_a_finished_trial_is_named_and_redone(tmp_path, caplog, damaged):
+    """The same `pipeline run` again on a finished trial whose file was truncated: not "nothing to do",
+    but the file named, its stage redone (the same result), Parquet rows rewritten once, one MLflow run."""
+    import pyarrow.dataset as ds
+
+    config = tiny()
+    first = run_trial(config, tmp_path)
+    path = {"pretrained network": next((tmp_path / "pretrained").glob("*/model.pt")),
+            "mask file": first.trial_dir / "masks" / "add.masks.pt",
+            "Parquet part": tmp_path / "parquet" / "metrics" / f"trial_id={first.trial_id}" / "part-0.parquet"}[damaged]
+    logits, rows = _logits(first.trial_dir), ds.dataset(tmp_path / "parquet" / "metrics").to_table().num_rows
+    _truncate(path)
+    with caplog.at_level(logging.WARNING):
+        second = run_trial(config, tmp_path)
+    assert str(path) in caplog.text and "damaged" in caplog.text
+    assert second.metrics == first.metrics and second.run_id == first.run_id
+    _assert_same_logits(logits, _logits(second.trial_dir))
+    assert ds.dataset(tmp_path / "parquet" / "metrics", partitioning="hive").to_table().num_rows == rows
+    assert len(_runs(tmp_path)) == 1
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        run_trial(config, tmp_path)  # intact now: nothing to do
+    assert "nothing to do" in caplog.text

@@ -46,3 +46,33 @@ def test_curves_are_batched_and_a_resumed_run_repeats_no_step(tmp_path):
     history = client.get_metric_history(run_id, "mask/add/loss")
     assert sorted((m.step, m.value) for m in history) == [(100, 1.0), (200, 2.0), (300, 3.0), (400, 400.0)]
     assert client.get_run(run_id).info.status == "RUNNING"
+
+
+def test_a_run_that_finishes_after_a_failed_attempt_keeps_the_error_only_as_history(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    records.check_tracking(uri)
+    run_id, _ = records.start_trial_run(uri, "modular/x", "t", {"a": 1}, {})
+    records.end_trial_run(uri, run_id, RuntimeError("worker lost"))
+    client = mlflow.MlflowClient(uri)
+    assert client.get_run(run_id).data.tags["error"] == "RuntimeError: worker lost"
+    same_run, _ = records.start_trial_run(uri, "modular/x", "t", {"a": 1}, {})  # the retry continues the run
+    records.finish_trial_run(uri, same_run, {"accuracy": 1.0}, [])
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert "error" not in run.data.tags and run.data.tags["earlier_error"] == "RuntimeError: worker lost"
+
+
+def test_analysis_logged_to_a_finished_sweep_leaves_its_parent_run_finished(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    records.check_tracking(uri)
+    parent = records.sweep_parent_run(uri, "s", artifact_root=tmp_path / "mlartifacts")
+    records.finish_sweep_parent_run(uri, parent, {"done": 1, "failed": 0, "unfinished": 0, "retried": 0,
+                                                  "resumed_trials": 0, "wall_seconds": 1.0, "interrupted": False})
+    (tmp_path / "analysis").mkdir()
+    (tmp_path / "analysis" / "report.md").write_text("# report\n")
+    assert records.log_analysis(uri, "s", tmp_path / "analysis") == parent
+    client = mlflow.MlflowClient(uri)
+    assert client.get_run(parent).info.status == "FINISHED"
+    assert [a.path for a in client.list_artifacts(parent, "analysis")] == ["analysis/report.md"]
+    assert records.log_analysis(uri, "never-run", tmp_path / "analysis") is None  # no run created either
+    assert client.get_experiment_by_name(records.sweep_experiment("never-run")) is None

@@ -1,0 +1,312 @@
+"""The paper's findings beside ours: one row per finding, computed from the reproduction record's
+Parquet tables alone (mean ± std over seeds), with the paper's own words and a verdict.
+
+    python -m analysis.findings reproduction            # prints the Markdown table
+    python -m analysis.findings reproduction --readme README.md   # and puts it in the README
+
+Each row names the record folder and table its numbers come from. The verdict is our reading of our
+numbers against the paper's claim, by the rule stated in the row's `rule`; a study that has not run
+gives "not measured here" and what it needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pyarrow as pa
+
+from analysis.data import AnalysisInputError, load_tables
+from analysis.stats import where
+
+START, END = "<!-- findings:start -->", "<!-- findings:end -->"
+
+
+@dataclass(frozen=True)
+class Finding:
+    name: str  # the finding, with the paper's section and figure
+    paper: str  # the paper's words (verbatim) or number
+    ours: str  # mean ± std (n seeds, network), or why not measured
+    verdict: str  # holds / partly / does not / not measured here
+    reason: str  # one line: the rule applied, or why it differs
+    source: str  # record folder and table
+
+
+# -- numbers -------------------------------------------------------------------------------------------
+def mean_std(values: list[float]) -> tuple[float, float, int]:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan, 0
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values)
+
+
+def percent(values: list[float]) -> str:
+    mean, std, n = mean_std(values)
+    return f"{100 * mean:.1f} ± {100 * std:.1f} %"
+
+
+def per_trial(table: pa.Table, value: Callable[[list[dict]], float]) -> list[float]:
+    """value(rows of one trial) for every trial in the table."""
+    trials: dict[str, list[dict]] = {}
+    for row in table.to_pylist():
+        trials.setdefault(row["trial_id"], []).append(row)
+    return [value(rows) for rows in trials.values()]
+
+
+def layer_order(layer: str) -> tuple:
+    """Input side first: by the first number in the name, an LSTM layer's input projection before
+    its recurrent one, names without a number (an output layer) last."""
+    number = re.search(r"\d+", layer)
+    return (int(number.group()) if number else math.inf, 0 if "input" in layer else 1, layer)
+
+
+def shared_fraction_by_layer(layers: pa.Table, mask: str) -> dict[str, list[float]]:
+    """layer -> [shared / kept of `mask`, one per trial], layers from input to output."""
+    rows = where(layers, mask=mask).to_pylist()
+    out: dict[str, list[float]] = {}
+    for row in sorted(rows, key=lambda r: layer_order(r["layer"])):
+        if row["layer"] != "all" and row["kept"]:
+            out.setdefault(row["layer"], []).append(row["shared"] / row["kept"])
+    return out
+
+
+def network(table: pa.Table) -> str:
+    """The network of the trials, from their recorded settings (e.g. "fnn 400,400,200")."""
+    row = table.slice(0, 1).to_pylist()[0]
+    settings = [str(row[k]) for k in ("model.size", "model.hidden") if row.get(k) is not None]
+    layers = f" × {row['model.layers']} layers" if row.get("model.layers") else ""
+    return f"{row.get('model.builder', '?')} {' '.join(settings)}{layers}"
+
+
+def need(table: pa.Table, what: str) -> pa.Table:
+    """The table, or a ValueError saying which trials are missing (the row becomes "not measured here")."""
+    if table.num_rows == 0:
+        raise ValueError(f"no rows of {what} in the record")
+    return table
+
+
+def seeds(table: pa.Table) -> int:
+    return len(set(table.column("trial_id").to_pylist()))
+
+
+# -- the findings --------------------------------------------------------------------------------------
+IO_PAPER = "There is more sharing in the input and output layers and less in the hidden layers (Fig. 1)."
+FIG_12_PAPER = ("The FNN tends to ignore the function description and performs the operation for which the mask was "
+                "trained, while the LSTM tends to produce invalid outputs")
+DOUBLE_ADD_PAPER = ("weight sharing is low (Fig. 13) ... We test the resulting network on pair 2, where the performance "
+                    "decreases only slightly, confirming that they are independent (Fig. 2)")
+Measured = tuple  # (ours, verdict, reason, source)
+
+
+def io_sharing(tables, experiment: str, label: str) -> Measured:
+    layers = need(where(tables["layers"], experiment=experiment), experiment)
+    by_layer = shared_fraction_by_layer(layers, "add")
+    names = list(by_layer)
+    means = {layer: mean_std(values)[0] for layer, values in by_layer.items()}
+    ends, hidden = [names[0], names[-1]], names[1:-1]
+    holds = all(means[e] > max(means[h] for h in hidden) for e in ends)
+    partly = any(means[e] > max(means[h] for h in hidden) for e in ends)
+    ours = "; ".join(f"{layer} {percent(by_layer[layer])}" for layer in names)
+    return (f"add mask, shared with mul: {ours} ({seeds(layers)} seeds, {network(layers)})",
+            "holds" if holds else "partly" if partly else "does not",
+                   "rule: input and output layer means above every hidden layer's", "addmul/layers")
+
+
+def mul_to_add(tables) -> Measured:
+    layers = need(where(tables["layers"], experiment="addmul-fnn", layer="all"), "addmul-fnn")
+    ratios = per_trial(layers, lambda rows: next(r["kept"] for r in rows if r["mask"] == "mul")
+                       / next(r["kept"] for r in rows if r["mask"] == "add"))
+    mean, std, n = mean_std(ratios)
+    return (f"{mean:.2f} ± {std:.2f} × ({n} seeds, {network(layers)})",
+                   "holds" if mean - std > 1 else "does not",
+                   "rule: mul/add ratio above 1 by more than one std; the paper's 3.8× is on the 2000-wide FNN",
+                   "addmul/layers")
+
+
+def inverted_masks(tables) -> Measured:
+    metrics = need(where(tables["metrics"], experiment="addmul-fnn"), "addmul-fnn")
+    cells = {(m, s): [r["accuracy"] for r in where(metrics, mask=m, subtask=s).to_pylist()]
+             for m in ("not-add", "not-mul") for s in ("add", "mul")}
+    means = {k: mean_std(v)[0] for k, v in cells.items()}
+    ours = "; ".join(f"{m} on {s} {percent(v)}" for (m, s), v in cells.items())
+    complement = min(means[("not-add", "mul")], means[("not-mul", "add")])
+    return (f"{ours} ({seeds(metrics)} seeds, {network(metrics)})",
+                   "holds" if complement < 0.5 else "does not",
+                   "rule: each inverted mask below 50 % on the other operation", "addmul/metrics")
+
+
+def operation_performed(tables, experiment: str) -> dict[str, list[float]]:
+    """Share of answers of each kind when a mask is asked to do the other operation."""
+    ops = need(where(tables["operations"], experiment=experiment), experiment)
+    out = {}
+    for mask, subtask in (("add", "mul"), ("mul", "add")):
+        for operation in ("add", "mul", "none"):
+            out[f"{mask} mask on {subtask}: {operation}"] = [
+                r["fraction"] for r in where(ops, mask=mask, subtask=subtask, operation=operation).to_pylist()]
+    return out
+
+
+def fig_12(tables) -> Measured:
+    fnn, lstm = operation_performed(tables, "addmul-fnn"), operation_performed(tables, "addmul-lstm")
+    fnn_own = mean_std(fnn["add mask on mul: add"] + fnn["mul mask on add: mul"])[0]
+    lstm_none = mean_std(lstm["add mask on mul: none"] + lstm["mul mask on add: none"])[0]
+    ours = (f"FNN answers with its mask's operation {percent(fnn['add mask on mul: add'] + fnn['mul mask on add: mul'])}"
+            f"; LSTM invalid ('none') {percent(lstm['add mask on mul: none'] + lstm['mul mask on add: none'])}")
+    holds = fnn_own > 0.5 and lstm_none > 0.5
+    return (ours + f" ({seeds(where(tables['operations'], experiment='addmul-fnn'))} seeds each)",
+                   "holds" if holds else "partly" if fnn_own > 0.5 or lstm_none > 0.5 else "does not",
+                   "rule: both shares above 50 %", "addmul/operations")
+
+
+def double_addition(tables) -> Measured:
+    layers = need(where(tables["layers"], layer="all", mask="pair1"), "double addition")
+    metrics = tables["metrics"]
+    parts, low, kept = [], True, True
+    for experiment in ("double-add-fnn", "double-add-lstm", "double-add-lstm-sequential"):
+        shared = [r["shared"] / r["kept"] for r in where(layers, experiment=experiment).to_pylist() if r["kept"]]
+        on_pair2 = [r["accuracy"] for r in where(metrics, experiment=experiment, mask="not-pair1",
+                                                 subtask="pair2").to_pylist()]
+        unmasked = [r["accuracy"] for r in where(metrics, experiment=experiment, mask="none",
+                                                 subtask="pair2").to_pylist()]
+        if not shared:
+            continue
+        low &= mean_std(shared)[0] < 0.5
+        kept &= mean_std(on_pair2)[0] > 0.5 * mean_std(unmasked)[0]
+        parts.append(f"{experiment}: pair-1 weights shared {percent(shared)}, ¬pair1 on pair 2 {percent(on_pair2)}")
+    return ("; ".join(parts) + f" ({seeds(layers) // max(1, len(parts))} seeds each)",
+                   "holds" if low and kept else "partly" if low or kept else "does not",
+                   "rule: sharing below 50 % and ¬pair1 above half the unmasked pair-2 accuracy", "double-add/*")
+
+
+def beta_sensitivity(tables) -> Measured:
+    layers = need(where(tables["layers"], experiment="addmul-fnn", mask="add", layer="all"), "addmul-fnn")
+    by_beta: dict[float, list[float]] = {}
+    for r in layers.to_pylist():
+        if r["kept"]:
+            by_beta.setdefault(r["mask.beta"], []).append(r["shared"] / r["kept"])
+    means = {b: mean_std(v)[0] for b, v in sorted(by_beta.items())}
+    spread = max(means.values()) - min(means.values())
+    ours = "; ".join(f"β {b:g}: {percent(v)}" for b, v in sorted(by_beta.items()))
+    return (f"add sharing {ours} ({len(next(iter(by_beta.values())))} seeds, {network(layers)})",
+                   "holds" if spread < 0.15 else "partly" if spread < 0.3 else "does not",
+                   f"rule: sharing varies by less than 15 points over the grid (it varies by {100 * spread:.0f})",
+                   "alpha-sensitivity/layers")
+
+
+def size_sharing(tables) -> Measured:
+    layers = need(where(tables["layers"], experiment="addmul-fnn", mask="add", layer="all"), "addmul-fnn")
+    by_size: dict[str, list[float]] = {}
+    for r in layers.to_pylist():
+        if r["kept"]:
+            by_size.setdefault(r["model.size"], []).append(r["shared"] / r["kept"])
+    means = [mean_std(v)[0] for v in by_size.values()]
+    ours = "; ".join(f"{size}: {percent(v)}" for size, v in by_size.items())
+    spread = max(means) - min(means)
+    return (f"add sharing {ours} ({min(len(v) for v in by_size.values())} seeds each)",
+                   "holds" if spread > 0.05 else "does not",
+                   f"rule: the means differ by more than 5 points (they differ by {100 * spread:.0f})",
+                   "sharing-vs-capacity/layers")
+
+
+def concentration(tables) -> Measured:
+    convergence = tables["convergence"]
+    uncertain = convergence.column("uncertain_fraction").to_pylist()
+    mean, std, n = mean_std(uncertain)
+    return (f"share of σ(l) in [0.1, 0.9): {100 * mean:.2f} ± {100 * std:.2f} % ({n} masks)",
+                   "holds" if mean < 0.05 else "does not", "rule: below 5 % of the weights undecided",
+                   "*/convergence")
+
+
+def stability(tables) -> Measured:
+    rows = need(where(tables["mask_iou"], layer="all"), "mask_iou").to_pylist()
+    values = [r["iou"] for r in rows if r["iou"] is not None]
+    mean, std, n = mean_std(values)
+    return (f"IoU {100 * mean:.2f} ± {100 * std:.2f} % ({n} mask pairs, add/mul FNN, not CIFAR-10)",
+                   "holds" if mean > 0.8 else "partly" if mean > 0.6 else "does not",
+                   "rule: mean IoU above 80 %; CIFAR-10 is not available offline, so measured on add/mul",
+                   "mask-stability/mask_iou")
+
+
+def permuted_mnist(tables) -> Measured:
+    layers = tables["continual_layers"]
+    last = max(layers.column("after_task").to_pylist())
+    parts = []
+    for experiment in sorted(set(layers.column("experiment").to_pylist())):
+        rows = where(layers, experiment=experiment, after_task=last).to_pylist()
+        by_layer: dict[str, list[float]] = {}
+        for r in sorted(rows, key=lambda r: layer_order(r["layer"])):
+            if r["kept"]:
+                by_layer.setdefault(r["layer"], []).append(r["shared_with_earlier"] / r["kept"])
+        parts.append(f"{experiment} after task {last}: " + ", ".join(f"{l} {percent(v)}" for l, v in by_layer.items()))
+    return ("; ".join(parts), "see figures", "read Figs. 3, 15 in the record",
+                   "permuted-mnist/continual_layers")
+
+
+# (study whose record it reads, the finding, the paper's words, how we measure it)
+FINDINGS = [
+    ("addmul", "Sharing higher in input and output layers than hidden (3.1, Fig. 1, FNN)", IO_PAPER,
+     lambda t: io_sharing(t, "addmul-fnn", "FNN")),
+    ("addmul", "Sharing higher in input and output layers than hidden (3.1, Fig. 1, LSTM)", IO_PAPER,
+     lambda t: io_sharing(t, "addmul-lstm", "LSTM")),
+    ("addmul", "Multiplication uses more weights than addition (3.1, Fig. 11)",
+     "the multiplication uses 3.8 times more weights than the addition (Fig. 11)", mul_to_add),
+    ("addmul", "Inverted add or mul masks break both operations: limited separation (C.3, Fig. 10)",
+     "inverted masks do not perform well, showing that the separation of the modules is limited", inverted_masks),
+    ("addmul", "FNN performs its mask's operation, LSTM gives invalid outputs (3.1, Fig. 12)", FIG_12_PAPER, fig_12),
+    ("double-add", "Double addition: low sharing; an inverted pair-1 mask keeps pair-2 accuracy (3.2, Figs. 2, 13, 14)",
+     DOUBLE_ADD_PAPER, double_addition),
+    ("alpha-sensitivity", "Masks insensitive to the exact β over a wide range (C.2, Fig. 8)",
+     "The network is not very sensitive to the exact choice of  $\\beta$", beta_sensitivity),
+    ("sharing-vs-capacity", "Sharing changes with network size (C.3, Fig. 9)",
+     "the percentage of shared weights still changes when increasing the network size", size_sharing),
+    ("addmul", "σ(l) concentrates at 0 and 1 (Section 2 footnote, Fig. 7)",
+     "concentrates at either 0 or 1 and so thresholding is safe (see also Fig. 7)", concentration),
+    ("permuted-mnist", "Permuted MNIST: little sharing while capacity is free; prefer-old raises it (3.3, Figs. 3, 15)",
+     "While we observed that this improved sharing (as expected), more than half of the weights remained unique "
+     "(See Fig. 15)", permuted_mnist),
+    ("mask-stability", "Masks are stable across mask seeds (B.1)", "93.26 ± 0.96 % (IoU, CIFAR-10 simple CNN)",
+     stability),
+]
+
+
+def all_findings(record: Path) -> list[Finding]:
+    out = []
+    for study, name, paper, measure in FINDINGS:
+        try:
+            ours, verdict, reason, source = measure(load_tables([record / study]))
+        except (AnalysisInputError, KeyError, StopIteration, ValueError, ZeroDivisionError) as error:
+            ours, verdict = f"not measured here ({type(error).__name__}: {str(error)[:120]})", "not measured here"
+            reason, source = f"needs `python -m reproduction.record {study}`", study
+        out.append(Finding(name, paper, ours, verdict, reason, source))
+    return out
+
+
+def markdown(findings: list[Finding]) -> str:
+    lines = ["| finding | the paper | ours (mean ± std) | verdict | why / rule | record |", "|---|---|---|---|---|---|"]
+    for f in findings:
+        lines.append(f"| {f.name} | “{f.paper}” | {f.ours} | **{f.verdict}** | {f.reason} | `reproduction/{f.source}` |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("record", type=Path)
+    parser.add_argument("--readme", type=Path, default=None, help=f"replace the text between {START} and {END}")
+    args = parser.parse_args(argv)
+    table = markdown(all_findings(args.record))
+    print(table)
+    if args.readme:
+        text = args.readme.read_text()
+        if START not in text or END not in text:
+            raise SystemExit(f"{args.readme} has no {START} ... {END} block to fill")
+        before, rest = text.split(START, 1)
+        args.readme.write_text(before + START + "\n" + table + "\n" + END + rest.split(END, 1)[1])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""The findings table: numbers from hand-made Parquet rows, verdicts by their rules, the paper quoted."""
+
+import re
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from analysis.findings import FINDINGS, all_findings, layer_order, markdown
+
+PAPER = Path(__file__).resolve().parents[2].parent / "shared" / "paper" / "are-neural-nets-modular.md"
+
+
+def _write(record: Path, study: str, table: str, rows: list[dict]) -> None:
+    by_trial: dict[str, list[dict]] = {}
+    for row in rows:
+        by_trial.setdefault(row["trial_id"], []).append(row)
+    for trial, trial_rows in by_trial.items():
+        folder = record / study / "parquet" / table / f"trial_id={trial}"
+        folder.mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist([{k: v for k, v in r.items() if k != "trial_id"} for r in trial_rows]),
+                       folder / "part-0.parquet")
+
+
+def _layers(trial: str, shared: dict[str, float], kept_add: int, kept_mul: int) -> list[dict]:
+    common = {"trial_id": trial, "experiment": "addmul-fnn", "seed": int(trial[-1]), "sweep": "addmul",
+              "model.builder": "fnn", "model.size": "small"}
+    rows = [{**common, "mask": "add", "layer": layer, "total": 1000, "kept": 100, "shared": int(100 * fraction)}
+            for layer, fraction in shared.items()]
+    rows += [{**common, "mask": "add", "layer": "all", "total": 4000, "kept": kept_add, "shared": 0},
+             {**common, "mask": "mul", "layer": "all", "total": 4000, "kept": kept_mul, "shared": 0}]
+    return rows
+
+
+def test_sharing_and_weight_ratio_come_from_the_rows_with_their_rules(tmp_path):
+    _write(tmp_path, "addmul", "layers",
+           _layers("t0", {"layers.0": 0.8, "layers.1": 0.3, "layers.2": 0.4, "layers.3": 0.9}, 100, 300)
+           + _layers("t1", {"layers.0": 0.6, "layers.1": 0.5, "layers.2": 0.2, "layers.3": 0.7}, 100, 500))
+    rows = {f.name: f for f in all_findings(tmp_path)}
+    fnn = rows["Sharing higher in input and output layers than hidden (3.1, Fig. 1, FNN)"]
+    # input (0.8, 0.6): mean 70 %, sample std 14.1; hidden means 40 and 30; output mean 80: holds
+    assert "layers.0 70.0 ± 14.1 %" in fnn.ours and "layers.3 80.0 ± 14.1 %" in fnn.ours
+    assert fnn.verdict == "holds" and "2 seeds" in fnn.ours
+    ratio = rows["Multiplication uses more weights than addition (3.1, Fig. 11)"]
+    assert ratio.ours.startswith("4.00 ± 1.41 ×")  # ratios 3 and 5
+    assert ratio.verdict == "holds"
+    missing = rows["Masks are stable across mask seeds (B.1)"]
+    assert missing.verdict == "not measured here" and "reproduction.record mask-stability" in missing.reason
+
+
+def test_output_layer_below_a_hidden_layer_does_not_hold(tmp_path):
+    _write(tmp_path, "addmul", "layers", _layers("t0", {"layers.0": 0.9, "layers.1": 0.5, "layers.2": 0.6,
+                                                        "layers.3": 0.4}, 100, 100))
+    fnn = next(f for f in all_findings(tmp_path) if f.name.endswith("FNN)"))
+    assert fnn.verdict == "partly"  # the input layer is above the hidden ones, the output layer is not
+
+
+def test_lstm_layers_are_ordered_from_input_to_output():
+    names = ["output_layer", "layers.1.hidden_to_gates", "layers.0.hidden_to_gates", "layers.1.input_to_gates",
+             "layers.0.input_to_gates"]
+    assert sorted(names, key=layer_order) == ["layers.0.input_to_gates", "layers.0.hidden_to_gates",
+                                              "layers.1.input_to_gates", "layers.1.hidden_to_gates", "output_layer"]
+
+
+def test_the_markdown_table_has_one_row_per_finding(tmp_path):
+    table = markdown(all_findings(tmp_path))
+    assert len(table.splitlines()) == 2 + len(FINDINGS)
+
+
+@pytest.mark.skipif(not PAPER.exists(), reason=f"the paper is not at {PAPER}")
+@pytest.mark.parametrize("study, name, paper, measure", FINDINGS, ids=[f[1][:40] for f in FINDINGS])
+def test_the_paper_column_quotes_the_paper(study, name, paper, measure):
+    text = " ".join(PAPER.read_text().split())
+    for part in (p.strip() for p in paper.split("...")):
+        if re.fullmatch(r"[\d.]+ ± [\d.]+ %.*", part):  # a number the paper states: 93.26 ± 0.96 %
+            mean, std = re.findall(r"[\d.]+", part)[:2]
+            assert f"{mean} \\pm {std}" in text, part
+        else:
+            assert " ".join(part.split()) in text, f"not in the paper: {part!r}"
