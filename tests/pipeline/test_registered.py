@@ -56,7 +56,8 @@ def test_every_sweep_expands_its_grid_and_packs_into_valid_trials(sweep, scale, 
         validate(config)
 
 
-TASK_OPTIONS = {"mathematics": {"subfolder": "mathematics_dataset_sample", "validation_size": 20}}
+TASK_OPTIONS = {"mathematics": {"subfolder": "mathematics_dataset_sample", "validation_size": 20},
+                "text": {"data": "text-demo/sentences.csv", "tokenizer": "text-demo/tokenizer"}}  # no default data
 
 
 @pytest.mark.parametrize("name", task_names())
