@@ -78,3 +78,20 @@ def test_the_paper_column_quotes_the_paper(study, name, paper, measure):
             assert f"{mean} \\pm {std}" in text, part
         else:
             assert " ".join(part.split()) in text, f"not in the paper: {part!r}"
+
+
+def test_permuted_mnist_prefer_old_raising_sharing_below_half_holds(tmp_path):
+    rows = []
+    for experiment, shared in (("permuted-mnist", 20), ("permuted-mnist-prefer-old", 40),
+                               ("permuted-mnist-prefer-old-more", 45)):
+        for seed in (0, 1):
+            for layer in ("layers.0", "layers.3"):
+                rows.append({"trial_id": f"{experiment}-{seed}", "experiment": experiment, "sweep": "permuted-mnist",
+                             "after_task": 4, "layer": layer, "total": 1000, "kept": 100, "shared_with_earlier": shared})
+                rows.append({"trial_id": f"{experiment}-{seed}", "experiment": experiment, "sweep": "permuted-mnist",
+                             "after_task": 2, "layer": layer, "total": 1000, "kept": 100, "shared_with_earlier": 90})
+    _write(tmp_path, "permuted-mnist", "continual_layers", rows)
+    row = next(f for f in all_findings(tmp_path) if f.name.startswith("Permuted MNIST"))
+    # after the last task (4): 200 of 200 kept -> 20 % default, 40 % and 45 % preferring old weights
+    assert "permuted-mnist: 20.0 ± 0.0 %" in row.ours and "prefer-old-more: 45.0 ± 0.0 %" in row.ours
+    assert row.verdict == "holds"
