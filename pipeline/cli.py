@@ -82,7 +82,7 @@ def list_command():
                 click.echo(f"    {scale}: experiments {', '.join(at.experiments)}; {grid or 'no grid'}; {at.seeds} seeds")
     click.echo("\nstudies (recipes; the key `study`):")
     for name in study_names():
-        click.echo(f"  {name}: {(inspect.getdoc(get_study(name)) or '').splitlines()[0]}")
+        click.echo(f"  {name}: {next(iter((inspect.getdoc(get_study(name)) or '').splitlines()), '')}")
     click.echo("\nexperiments (pipeline run NAME [--scale S]):")
     for name, preset in EXPERIMENTS.items():
         click.echo(f"{name}: {preset.description}")

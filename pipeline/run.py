@@ -62,13 +62,17 @@ def _check_layout(results_dir: Path) -> None:
         marker.write_text(f"{LAYOUT_VERSION}\n")
 
 
-def trial_is_intact(done_marker: Path, results_dir: Path) -> bool:
+def trial_is_intact(done_marker: Path, results_dir: Path, storage: Storage) -> bool:
     """A finished trial's files (networks, masks, logits, curves, Parquet parts) still match the
     checksums recorded when it finished. A damaged one is reported by name and the trial is redone:
     the stages whose files no longer match their own manifests run again, its Parquet rows are
-    rewritten and its MLflow run is finished again (the same run)."""
+    rewritten and its MLflow run is finished again (the same run). With a storage URI, a file this
+    node never pulled (the trial finished on another node) is not damage; a local copy must match."""
     recorded = json.loads(done_marker.read_text())
-    damaged = damaged_files(recorded.get("files", {}), results_dir)
+    checksums = recorded.get("files", {})
+    if storage.uri:
+        checksums = {name: digest for name, digest in checksums.items() if (results_dir / name).exists()}
+    damaged = damaged_files(checksums, results_dir)
     if not damaged:
         return True
     log.warning("finished trial %s: %s damaged (missing or not matching its checksum); redoing what made it",
@@ -99,7 +103,7 @@ def run_trial(config, results_dir: Path, parent_run_id: str | None = None,
     config_file = ctx.trial_dir / "config.json"
     write_json_atomic(flatten(config) | {"task_version": task.version, "trial_id": trial}, config_file)
     done_marker = ctx.trial_dir / "recorded.json"
-    if ctx.storage.pull(ctx.relative(done_marker)) and trial_is_intact(done_marker, results_dir):
+    if ctx.storage.pull(ctx.relative(done_marker)) and trial_is_intact(done_marker, results_dir, ctx.storage):
         log.info("trial %s already finished; nothing to do", trial)
         recorded = json.loads(done_marker.read_text())
         return TrialResult(trial, ctx.trial_dir, results_dir / "parquet", uri, recorded["run_id"], recorded["metrics"])

@@ -182,7 +182,8 @@ def test_storage_uri_shares_finished_stages_between_machines(tmp_path, monkeypat
     bucket = tmp_path / "bucket"
     assert len(list(bucket.glob("pretrained/*/model.pt"))) == 1
     assert {p.name for p in (bucket / "trials" / first.trial_id / "masks").iterdir()} == {
-        f"{name}.{kind}" for name in ("add", "mul", "full") for kind in ("masks.pt", "logits.pt", "logits.pt.manifest.json")}
+        f"{name}.{kind}" for name in ("add", "mul", "full") for kind in ("curve.json", "masks.pt", "logits.pt",
+                                                                       "logits.pt.manifest.json")}
     assert (bucket / "trials" / first.trial_id / "recorded.json").exists()
     assert not list(bucket.rglob("*.tmp"))
 
