@@ -19,7 +19,7 @@ import pyarrow.compute as pc  # noqa: E402
 
 from analysis import paper as said  # noqa: E402
 from analysis.selection import groups  # noqa: E402
-from analysis.stats import mean_std, where, with_ratio  # noqa: E402
+from analysis.stats import layer_order, mean_std, where, with_ratio  # noqa: E402
 
 ADDMUL = ["addmul-fnn", "addmul-lstm"]
 DOUBLE_ADD = ["double-add-fnn", "double-add-lstm", "double-add-lstm-sequential"]
@@ -106,7 +106,7 @@ def _sharing_per_layer(tables, out, name, experiments_wanted, title, paper: dict
         rows = mean_std(table, ["mask", "layer"], "shared_fraction")
         masks = sorted({r["mask"] for r in rows})
         layers = [l for l in dict.fromkeys(r["layer"] for r in rows) if l != "all"]
-        layers = sorted(layers, key=_layer_order) + ["all"]
+        layers = sorted(layers, key=layer_order) + ["all"]
         _bars(ax, layers, {m: [tuple(100 * x for x in _lookup(rows, mask=m, layer=l)) for l in layers] for m in masks},
               "shared [%]")
         ax.set_title(experiment)
@@ -115,11 +115,6 @@ def _sharing_per_layer(tables, out, name, experiments_wanted, title, paper: dict
                 f"{l} {100 * _lookup(rows, mask=m, layer=l)[0]:.0f}" for l in layers)
     fig.suptitle(title, y=1.03)
     return Figure(name, title, _save(fig, out, name), numbers, paper)
-
-
-def _layer_order(layer: str):
-    digits = "".join(c for c in layer if c.isdigit())
-    return (int(digits) if digits else 10_000, layer)
 
 
 def figure_1(tables, out):
@@ -189,7 +184,7 @@ def figure_11(tables, out):
         experiment = group.label
         table = where(group.rows(tables["layers"]), mask=["add", "mul"])
         rows = mean_std(table, ["mask", "layer"], "kept")
-        layers = sorted({r["layer"] for r in rows if r["layer"] != "all"}, key=_layer_order)
+        layers = sorted({r["layer"] for r in rows if r["layer"] != "all"}, key=layer_order)
         _bars(ax, layers, {m: [_lookup(rows, mask=m, layer=l) for l in layers] for m in ("add", "mul")}, "weights")
         ax.set_title(experiment)
         ratio = multiplication_to_addition_ratio(group.rows(tables["layers"]))

@@ -22,7 +22,7 @@ from typing import Callable
 import pyarrow as pa
 
 from analysis.data import AnalysisInputError, load_tables
-from analysis.stats import where
+from analysis.stats import layer_order, where
 
 START, END = "<!-- findings:start -->", "<!-- findings:end -->"
 
@@ -56,13 +56,6 @@ def per_trial(table: pa.Table, value: Callable[[list[dict]], float]) -> list[flo
     for row in table.to_pylist():
         trials.setdefault(row["trial_id"], []).append(row)
     return [value(rows) for rows in trials.values()]
-
-
-def layer_order(layer: str) -> tuple:
-    """Input side first: by the first number in the name, an LSTM layer's input projection before
-    its recurrent one, names without a number (an output layer) last."""
-    number = re.search(r"\d+", layer)
-    return (int(number.group()) if number else math.inf, 0 if "input" in layer else 1, layer)
 
 
 def shared_fraction_by_layer(layers: pa.Table, mask: str) -> dict[str, list[float]]:
@@ -101,6 +94,7 @@ FIG_12_PAPER = ("The FNN tends to ignore the function description and performs t
 DOUBLE_ADD_PAPER = ("weight sharing is low (Fig. 13) ... We test the resulting network on pair 2, where the performance "
                     "decreases only slightly, confirming that they are independent (Fig. 2)")
 Measured = tuple  # (ours, verdict, reason, source)
+PAPER_MUL_TO_ADD = 3.8  # Section 3.1: "the multiplication uses 3.8 times more weights than the addition"
 
 
 def io_sharing(tables, experiment: str, label: str) -> Measured:
@@ -122,10 +116,11 @@ def mul_to_add(tables) -> Measured:
     ratios = per_trial(layers, lambda rows: next(r["kept"] for r in rows if r["mask"] == "mul")
                        / next(r["kept"] for r in rows if r["mask"] == "add"))
     mean, std, n = mean_std(ratios)
+    close = abs(mean - PAPER_MUL_TO_ADD) < 0.25 * PAPER_MUL_TO_ADD
     return (f"{mean:.2f} ± {std:.2f} × ({n} seeds, {network(layers)})",
-            "holds" if mean - std > 1 else "does not",
-            "rule: mul/add ratio above 1 by more than one std; the paper's 3.8× is on the 2000-wide FNN",
-            "addmul/layers")
+            "holds" if close and mean - std > 1 else "partly" if mean - std > 1 else "does not",
+            "rule: above 1 by more than one std (more weights), within 25 % of the paper's 3.8× (how many "
+            "more); the paper's ratio is on the 2000-wide FNN, ours on a smaller one", "addmul/layers")
 
 
 def inverted_masks(tables) -> Measured:
@@ -219,12 +214,16 @@ def size_sharing(tables) -> Measured:
 
 
 def concentration(tables) -> Measured:
-    convergence = tables["convergence"]
-    uncertain = convergence.column("uncertain_fraction").to_pylist()
-    mean, std, n = mean_std(uncertain)
+    convergence = tables["convergence"].to_pylist()
+    mean, std, n = mean_std([r["uncertain_fraction"] for r in convergence])
+    moved = [abs(r["kept_fraction"] - r["kept_fraction_at_80"]) / r["kept_fraction_at_80"]
+             for r in convergence if r["kept_fraction_at_80"]]
+    settled = max(moved) < 0.01 if moved else False
+    reason = "rule: below 5 % of the weights undecided" + ("" if settled or not moved else
+             f"; the masks had not settled: their kept fraction still moved {100 * min(moved):.0f}-"
+             f"{100 * max(moved):.0f} % over their last 20 % of steps")
     return (f"share of σ(l) in [0.1, 0.9): {100 * mean:.2f} ± {100 * std:.2f} % ({n} masks)",
-            "holds" if mean < 0.05 else "does not", "rule: below 5 % of the weights undecided",
-            "*/convergence")
+            "holds" if mean < 0.05 else "does not", reason, "*/convergence")
 
 
 def stability(tables) -> Measured:
@@ -291,8 +290,9 @@ def all_findings(record: Path) -> list[Finding]:
         try:
             ours, verdict, reason, source = measure(load_tables([record / study]))
         except (AnalysisInputError, KeyError, StopIteration, ValueError, ZeroDivisionError) as error:
-            ours, verdict = f"not measured here ({type(error).__name__}: {str(error)[:120]})", "not measured here"
-            reason, source = f"needs `python -m reproduction.record {study}`", study
+            missing = not (record / study / "parquet").is_dir()
+            ours = "not run yet at the CPU scale" if missing else f"not measurable: {str(error)[:120]}"
+            verdict, reason, source = "not measured here", f"needs `python -m reproduction.record {study}`", study
         out.append(Finding(name, paper, ours, verdict, reason, source))
     return out
 

@@ -102,8 +102,9 @@ def mixed(table: pa.Table, by: tuple[str, ...] = ()) -> str | None:
 def _label(settings: dict, shown: list[str], by: tuple[str, ...]) -> str:
     """'addmul-fnn (small, mask.beta=0.0001)': the `by` values bare (the first one shown always, the
     others where they differ between groups), every other differing key by name."""
-    bare = [_format(settings[k]) for k in by if k in settings and k in shown]
-    named = [f"{k}={_format(settings[k])}" for k in shown if k not in by]
+    # a key another kind of model or task does not have (an LSTM's model.size) is left out, not "(none)"
+    bare = [_format(settings[k]) for k in by if k in settings and k in shown and settings[k] is not None]
+    named = [f"{k}={_format(settings[k])}" for k in shown if k not in by and settings.get(k) is not None]
     head = " ".join(bare[:1])
     rest = bare[1:] + named
     return f"{head} ({', '.join(rest)})" if head and rest else head or ", ".join(rest)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import re
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -34,3 +37,10 @@ def where(table: pa.Table, **equal) -> pa.Table:
         mask = pc.is_in(table[column], pa.array(value)) if isinstance(value, list) else pc.equal(table[column], value)
         table = table.filter(mask)
     return table
+
+
+def layer_order(layer: str) -> tuple:
+    """Input side first: by the first number in the name, an LSTM layer's input projection before
+    its recurrent one, names without a number (an output layer) last."""
+    number = re.search(r"\d+", layer)
+    return (int(number.group()) if number else math.inf, 0 if "input" in layer else 1, layer)

@@ -7,7 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from analysis.findings import FINDINGS, all_findings, layer_order, markdown
+from analysis.findings import FINDINGS, all_findings, markdown
+from analysis.stats import layer_order
 
 PAPER = Path(__file__).resolve().parents[2].parent / "shared" / "paper" / "are-neural-nets-modular.md"
 
