@@ -165,6 +165,16 @@ def test_cli_list_shows_every_experiment():
     assert "mask.beta = 0.0004" in result.output
 
 
+def test_cli_list_shows_the_studies_and_each_scale():
+    from pipeline.studies import study_names
+
+    output = CliRunner().invoke(main, ["list"]).output
+    studies = output.split("studies (recipes; the key `study`):")[1].split("experiments (")[0]
+    assert {line.split(":")[0].strip() for line in studies.strip().splitlines()} == set(study_names())
+    assert {"masks", "transfer", "class-removal", "mask-stability", "repeat-masks", "scan"} <= set(study_names())
+    assert "--scale cpu: mask.steps=10000" in output and "cpu: experiments addmul-fnn-stability" in output
+
+
 def test_cli_rejects_a_uri_results_dir_instead_of_writing_a_local_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["run", "addmul-fnn", "--results-dir", "s3://bucket/results"])
