@@ -96,3 +96,13 @@ def test_permuted_mnist_prefer_old_raising_sharing_below_half_holds(tmp_path):
     # after the last task (4): 200 of 200 kept -> 20 % default, 40 % and 45 % preferring old weights
     assert "permuted-mnist: 20.0 ± 0.0 %" in row.ours and "prefer-old-more: 45.0 ± 0.0 %" in row.ours
     assert row.verdict == "holds"
+
+
+def test_the_readme_table_is_what_the_committed_record_gives():
+    """README's findings block equals the table computed from reproduction/'s Parquet now (regenerate
+    with `python -m analysis.findings reproduction --readme README.md` after the record changes)."""
+    from analysis.findings import END, START
+
+    root = Path(__file__).resolve().parents[2]
+    block = (root / "README.md").read_text().split(START, 1)[1].split(END, 1)[0].strip()
+    assert block == markdown(all_findings(root / "reproduction"))
