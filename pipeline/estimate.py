@@ -32,10 +32,9 @@ class Workload:
         if missing:
             return (f"not measured (no GPU step time for {', '.join(sorted(set(missing)))}; "
                     "python benchmarks/gpu_check.py on a GPU measures them)")
-        family = next(iter(self.families))  # one family per sweep in practice; the slowest otherwise
-        plain = max(GPU_STEP_SECONDS[(f, "plain")] for f in self.families)
+        plain = max(GPU_STEP_SECONDS[(f, "plain")] for f in self.families)  # the slowest family's times
         masked = max(GPU_STEP_SECONDS[(f, "masked")] for f in self.families)
-        return f"{(self.pretrain_steps * plain + self.mask_steps * masked) / 3600:.1f} ({family} step times)"
+        return f"{(self.pretrain_steps * plain + self.mask_steps * masked) / 3600:.1f}"
 
 
 def workload(trials: list) -> Workload:

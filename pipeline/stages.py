@@ -124,8 +124,8 @@ def is_finished(files: list[Path]) -> bool:
     if not manifest.exists():
         return False
     try:
-        expected = json.loads(manifest.read_text())
-        bad = [f for f in files if not f.exists() or file_hash(f) != expected.get(f.name)]
+        expected = json.loads(manifest.read_text())  # a stage's files all sit beside its manifest
+        bad = damaged_files({f.name: expected.get(f.name) for f in files}, manifest.parent)
     except (OSError, ValueError) as error:
         bad = [manifest]
         log.warning("stage manifest %s is unreadable (%s)", manifest, error)
