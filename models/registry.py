@@ -9,13 +9,14 @@ family too: its settings are its keyword parameters that have defaults and annot
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
 import inspect
 from dataclasses import dataclass
 from typing import Callable
 
 from torch import nn
+
+from models.common import Registry
 
 
 @dataclass(frozen=True)
@@ -26,20 +27,18 @@ class ModelFamily:
     dims: tuple[str, ...]  # the task sizes the builder takes
 
 
-_FAMILIES: dict[str, ModelFamily] = {}
+_FAMILIES = Registry("model family", package="models", group="modular_masks.models")
 
 
 def register_model(name: str, settings: type):
     """Decorator on a builder `build(*dims, **settings)`; duplicate names are an error."""
 
     def decorate(builder):
-        if name in _FAMILIES:
-            raise ValueError(f"model family {name!r} is already registered (by {_FAMILIES[name].builder.__module__})")
         fields = {f.name for f in dataclasses.fields(settings)}
         if "builder" not in fields:
             raise TypeError(f"settings of model family {name!r} need a `builder` field")
         dims = tuple(p for p in inspect.signature(builder).parameters if p not in fields)
-        _FAMILIES[name] = ModelFamily(name, builder, settings, dims)
+        _FAMILIES.register(name)(ModelFamily(name, builder, settings, dims))
         return builder
 
     return decorate
@@ -49,12 +48,7 @@ def model_family(name: str) -> ModelFamily:
     """The registered family `name`, or the builder at import path "package.module:function"."""
     if ":" in name:
         return _family_from_path(name)
-    if name not in _FAMILIES:
-        close = difflib.get_close_matches(name, list(_FAMILIES), n=1, cutoff=0.5)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise KeyError(f"unknown model builder {name!r}{hint}; registered: {', '.join(sorted(_FAMILIES))}, "
-                       "or give an import path like mypkg.nets:build")
-    return _FAMILIES[name]
+    return _FAMILIES.find(name, hint=", or an import path like mypkg.nets:build")
 
 
 def model_families() -> dict[str, ModelFamily]:

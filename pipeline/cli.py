@@ -65,8 +65,8 @@ def list_command():
 
     from models.registry import model_families
     from pipeline.experiments import EXPERIMENTS, SCALE_HELP, SWEEPS, experiment_names
-    from pipeline.studies import get_study, study_names
-    from tasks import task_class, task_names
+    from pipeline.experiments import get_study, study_names
+    from tasks.registry import task_class, task_names
 
     experiment_names()
     click.echo("scales (--scale NAME; --smoke is --scale smoke):")
@@ -227,7 +227,7 @@ def _analysis_target(target: str, results_dir: Path):
         return target if "://" in target else Path(target), None, {}, ""
     sweeps, experiments = sweep_names(), experiment_names()
     if target not in sweeps and target not in experiments:
-        from tasks.registry import suggest
+        from models.common import suggest
 
         raise AnalysisInputError(f"{target!r} is neither a sweep{suggest(target, sweeps)}, an experiment"
                                  f"{suggest(target, experiments)}, a results directory nor a storage URI")
@@ -274,12 +274,12 @@ class _DatasetGroup(click.Group):
     """One subcommand per registered dataset maker (tasks.dataset_names), loaded when asked for."""
 
     def list_commands(self, ctx):
-        from tasks import dataset_names
+        from tasks.datasets import dataset_names
 
         return dataset_names()
 
     def get_command(self, ctx, name):
-        from tasks import dataset_maker
+        from tasks.datasets import dataset_maker
 
         try:
             return _dataset_command(name, dataset_maker(name))

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.registry import default_settings
-from tasks.registry import NoOptions, suggest, task_options
+from models.common import suggest
+from tasks.registry import NoOptions, task_options
 
 
 @dataclass(frozen=True)

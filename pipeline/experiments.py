@@ -10,7 +10,8 @@ import torch
 
 from models.registry import build_model, model_family
 from pipeline.config import ExperimentConfig, override
-from tasks.registry import get_task, suggest
+from models.common import Registry, suggest
+from tasks.registry import get_task
 
 
 # Scales of every preset and sweep: the paper's settings, a CPU scale whose networks and masks
@@ -55,8 +56,24 @@ class SweepSpec:
 
 
 SMOKE_SEEDS = 2  # a smoke sweep runs 2 seeds unless --seeds says otherwise
-EXPERIMENTS: dict[str, Preset] = {}
-SWEEPS: dict[str, SweepSpec] = {}
+# What the studies register: every module of pipeline/studies and of the entry-point group.
+STUDIES = dict(package="pipeline.studies", group="modular_masks.studies")
+EXPERIMENTS = Registry("experiment", **STUDIES)
+SWEEPS = Registry("sweep", **STUDIES)
+RECIPES = Registry("study", **STUDIES)
+
+
+def register_study(name: str):
+    """Decorator on a recipe `recipe(ctx: TrialContext) -> dict[str, list[dict]]`."""
+    return RECIPES.register(name)
+
+
+def get_study(name: str):
+    return RECIPES.find(name)
+
+
+def study_names() -> list[str]:
+    return RECIPES.names()
 
 
 def check_scale(scale: str) -> None:
@@ -68,45 +85,34 @@ def register_experiment(name: str, config: ExperimentConfig, smoke: dict | None 
                         tiny: dict | None = None, cpu: dict | None = None) -> None:
     """A preset: the paper's settings, `smoke` overrides for `--smoke`, `cpu` ones for `--scale cpu`
     (where the preset has one), `tiny` ones on top of smoke for the contract test."""
-    if name in EXPERIMENTS:
-        raise ValueError(f"experiment {name!r} is already registered")
     scales = {"smoke": smoke or {}} | ({"cpu": cpu} if cpu is not None else {})
     for overrides in scales.values():  # an override that does not fit fails at import
         override(config, overrides)
     override(config, (smoke or {}) | (tiny or {}))
-    EXPERIMENTS[name] = Preset(dataclasses.replace(config, experiment=name), scales, description, tiny or {})
+    EXPERIMENTS.register(name)(Preset(dataclasses.replace(config, experiment=name), scales, description, tiny or {}))
 
 
 def register_sweep(name: str, spec: SweepSpec) -> None:
-    if name in SWEEPS:
-        raise ValueError(f"sweep {name!r} is already registered")
     for scale in ("paper", *spec.scales):
         missing = [e for e in spec.at(scale).experiments if e not in EXPERIMENTS]
         if missing:
             raise ValueError(f"sweep {name!r} names unregistered experiments {missing}; register them first")
-    SWEEPS[name] = spec
+    SWEEPS.register(name)(spec)
 
 
 def get_sweep(name: str) -> SweepSpec:
-    _load_studies()
-    if name not in SWEEPS:
-        raise KeyError(f"unknown sweep {name!r}{suggest(name, SWEEPS)}; known sweeps: {', '.join(SWEEPS)}")
-    return SWEEPS[name]
+    return SWEEPS.find(name)
 
 
 def sweep_names() -> list[str]:
-    _load_studies()
-    return list(SWEEPS)
+    return SWEEPS.names()
 
 
 def get_experiment(name: str, smoke: bool = False, scale: str | None = None) -> ExperimentConfig:
     """The preset `name` at `scale` (paper, cpu or smoke; smoke=True is scale="smoke")."""
-    _load_studies()
     scale = scale or ("smoke" if smoke else "paper")
     check_scale(scale)
-    if name not in EXPERIMENTS:
-        raise KeyError(f"unknown experiment {name!r}{suggest(name, EXPERIMENTS)}; known: {', '.join(EXPERIMENTS)}")
-    preset = EXPERIMENTS[name]
+    preset = EXPERIMENTS.find(name)
     if scale == "paper":
         return preset.config
     if scale not in preset.scales:
@@ -116,12 +122,7 @@ def get_experiment(name: str, smoke: bool = False, scale: str | None = None) -> 
 
 
 def experiment_names() -> list[str]:
-    _load_studies()
-    return list(EXPERIMENTS)
-
-
-def _load_studies() -> None:
-    import pipeline.studies  # noqa: F401  (registers every study's presets and sweeps)
+    return EXPERIMENTS.names()
 
 
 def task_of(config: ExperimentConfig):
@@ -131,8 +132,6 @@ def task_of(config: ExperimentConfig):
 
 def validate(config: ExperimentConfig):
     """Fail before any work on settings that would only fail later. -> the task."""
-    from pipeline.studies import get_study
-
     if not config.task:
         raise ValueError("no task: set one with --set task=NAME (see `pipeline list`)")
     if config.model is None:

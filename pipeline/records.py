@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from models.atomic import atomic_path
+from models.common import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from pipeline import records
 from pipeline.config import flatten
 from pipeline.evaluate import summary_metrics
 from pipeline.experiments import validate
-from models.atomic import file_hash
-from pipeline.stages import LAYOUT_VERSION, TrialContext, damaged_files, write_json_atomic
+from models.common import file_hash, write_json_atomic
+from pipeline.stages import LAYOUT_VERSION, TrialContext, damaged_files
 from pipeline.storage import Storage
-from pipeline.studies import get_study
+from pipeline.experiments import get_study
 
 log = logging.getLogger(__name__)
 

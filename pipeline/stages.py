@@ -21,7 +21,7 @@ import torch
 from filelock import FileLock
 from tqdm.auto import tqdm
 
-from models.atomic import atomic_path, file_hash
+from models.common import atomic_path, file_hash, write_json_atomic
 from models.masking import MaskConfig, MaskedModel, ParameterFilter, applied, make_optimizer, training_step
 from models.masking.masks import atomic_torch_save
 from models.masking.packing import MaskPack
@@ -48,11 +48,6 @@ def pretrain_key(config: ExperimentConfig, task_version: int, split: str) -> str
 def trial_id(config: ExperimentConfig, task_version: int) -> str:
     values = {k: v for k, v in flatten(config).items() if k not in UNKEYED}
     return f"{config.experiment}-s{config.seed}-{fingerprint(values | {'task_version': task_version})}"
-
-
-def write_json_atomic(data: dict, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 # -- the trial's context -----------------------------------------------------------------------------

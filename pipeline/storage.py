@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from models.atomic import atomic_path
+from models.common import atomic_path
 
 
 class Storage:

@@ -29,7 +29,8 @@ from pipeline import records
 from pipeline.config import override
 from pipeline.experiments import SweepSpec, get_experiment, get_sweep, validate
 from pipeline.run import check_results_dir, run_trial
-from pipeline.stages import trial_id, write_json_atomic
+from models.common import write_json_atomic
+from pipeline.stages import trial_id
 from pipeline.storage import Storage
 from tasks.registry import get_task
 

@@ -1,8 +1,5 @@
-"""Tasks behind one registry; importing this package registers every task and dataset maker."""
-
-from tasks import addmul, cifar10, double_add, mathematics, mathematics_generate, permuted_mnist, scan, text  # noqa: F401,E501
-from tasks.datasets import dataset_maker, dataset_names, register_dataset
-from tasks.registry import Task, get_task, register_task, task_class, task_names, task_options
-
-__all__ = ["Task", "dataset_maker", "dataset_names", "get_task", "register_dataset", "register_task", "task_class",
-           "task_names", "task_options"]
+"""Tasks, one module each, behind one registry (tasks.registry): a module registers its task with
+`@register_task`, a dataset maker with `@register_dataset` (tasks.datasets); the registries find
+every module of this folder, and plug-in packages through the entry-point group
+"modular_masks.tasks" (models.common.Registry). Nothing is imported here: importing a task module
+does not import the others."""

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from tasks.registry import suggest
+from models.common import suggest
 
 IGNORE = -100  # target value of a digit that a subtask does not score (cross_entropy's ignore_index)
 VALIDATION_SEED = 2021  # the same fixed validation sets for every trial

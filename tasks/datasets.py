@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from tasks.registry import Registry
+from models.common import Registry
 
-_MAKERS = Registry("dataset")
+_MAKERS = Registry("dataset", package="tasks", group="modular_masks.tasks")
 
 
 def register_dataset(name: str):
@@ -25,4 +25,4 @@ def dataset_maker(name: str) -> Callable:
 
 
 def dataset_names() -> list[str]:
-    return sorted(_MAKERS)
+    return _MAKERS.names()

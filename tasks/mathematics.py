@@ -27,7 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from models.transformer import greedy_decode
-from tasks.registry import register_task, suggest
+from models.common import suggest
+from tasks.registry import register_task
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ PACKAGES = ("mathematics_dataset==1.0.1", "sympy==1.4", "numpy<1.24")
 INSTALL_LINE = 'pip install mathematics_dataset==1.0.1 "sympy==1.4" "numpy<1.24"'
 REGIMES = ("train-easy", "train-medium", "train-hard")
 DEFAULT_ENVIRONMENT = Path.home() / ".cache" / "modular-masks" / "mathematics-generator-env"
-SCRIPT = Path(__file__).with_name("mathematics_generator_script.py")
+SCRIPT = Path(__file__).with_name("_mathematics_generator_script.py")
 TARBALL_ROOT = "mathematics_dataset-v1.0"
 MANIFEST = "generation.json"
 

@@ -8,7 +8,6 @@ task (its files, encoding, teacher forcing, extra evaluation rows) stays inside 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
 from pathlib import Path
 from typing import Any, Iterable, Protocol
@@ -16,30 +15,9 @@ from typing import Any, Iterable, Protocol
 import torch
 from torch import Tensor, nn
 
-class Registry(dict):
-    """Things by unique name: `register(name)` decorates one in; `find(name)` finds it or raises a
-    KeyError that suggests the nearest name. Tasks, dataset makers and studies each keep one."""
+from models.common import Registry
 
-    def __init__(self, kind: str):
-        super().__init__()
-        self.kind = kind
-
-    def register(self, name: str):
-        def decorate(thing):
-            if name in self:
-                raise ValueError(f"{self.kind} {name!r} is already registered (by {self[name].__module__})")
-            self[name] = thing
-            return thing
-
-        return decorate
-
-    def find(self, name: str, hint: str = ""):
-        if name not in self:
-            raise KeyError(f"unknown {self.kind} {name!r}{suggest(name, self)}; known: {', '.join(sorted(self))}{hint}")
-        return self[name]
-
-
-_TASKS = Registry("task")
+_TASKS = Registry("task", package="tasks", group="modular_masks.tasks")
 
 
 class DataError(RuntimeError):
@@ -126,10 +104,4 @@ def default_data_dir(data_dir: str | Path | None = None) -> Path:
 
 
 def task_names() -> list[str]:
-    return sorted(_TASKS)
-
-
-def suggest(name: str, choices) -> str:
-    """' (did you mean 'x'?)' for the nearest choice, or ''."""
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return _TASKS.names()

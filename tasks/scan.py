@@ -32,8 +32,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from models.atomic import atomic_path, file_hash
-from tasks.registry import DataError, register_task, suggest
+from models.common import atomic_path, file_hash
+from models.common import suggest
+from tasks.registry import DataError, register_task
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from tasks.registry import register_task, suggest
+from models.common import suggest
+
+from tasks.registry import register_task
 
 IGNORE = -100  # cross_entropy's ignore_index: a position without a next-token target
 ALL = "all"

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from models.atomic import atomic_path
+from models.common import atomic_path
 
 _FILE_FORMAT = "modular-masks/1"
 

@@ -27,7 +27,7 @@ from pipeline.config import ExperimentConfig, MaskStageConfig, PretrainConfig
 from pipeline.evaluate import accuracy, convergence_rows, evaluate_masks, histogram_rows, iou_rows
 from pipeline.experiments import SweepSpec, register_experiment, register_sweep
 from pipeline.stages import TrialContext, load_network, mask_files, pretrained_network, train_mask, train_masks
-from pipeline.studies import register_study
+from pipeline.experiments import register_study
 from tasks.registry import options_for
 
 FIXED_LOGIT = 100.0  # σ(±100) is 1 or 0 in float32: the mask sample always equals the fixed mask

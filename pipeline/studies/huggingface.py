@@ -23,7 +23,7 @@ from pipeline.config import ExperimentConfig, MaskStageConfig, PretrainConfig
 from pipeline.evaluate import evaluate_masks
 from pipeline.experiments import SweepSpec, register_experiment, register_sweep
 from pipeline.stages import TrialContext, train_masks
-from pipeline.studies import register_study
+from pipeline.experiments import register_study
 from tasks.registry import options_for
 
 

@@ -10,7 +10,7 @@ from pipeline.config import ExperimentConfig
 from pipeline.evaluate import convergence_rows, evaluate_masks, histogram_rows, iou_rows
 from pipeline.experiments import register_experiment
 from pipeline.stages import TrialContext, accuracy, load_network, mask_files, pretrained_network, train_masks
-from pipeline.studies import register_study
+from pipeline.experiments import register_study
 
 REPEAT = "again"  # suffix of the second mask of a subtask, trained with another seed
 

@@ -29,8 +29,9 @@ from models.masking.masks import atomic_torch_save, layer_of
 from models.registry import build_model
 from pipeline.config import ExperimentConfig, MaskStageConfig, PretrainConfig
 from pipeline.experiments import SweepSpec, register_experiment, register_sweep
-from pipeline.stages import TrialContext, accuracy, make_masked_model, mask_statistics, run_resumable, write_json_atomic
-from pipeline.studies import register_study
+from models.common import write_json_atomic
+from pipeline.stages import TrialContext, accuracy, make_masked_model, mask_statistics, run_resumable
+from pipeline.experiments import register_study
 from tasks.registry import options_for
 
 log = logging.getLogger(__name__)

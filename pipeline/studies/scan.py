@@ -13,7 +13,7 @@ from pipeline.config import ExperimentConfig, MaskStageConfig, PretrainConfig
 from pipeline.evaluate import accuracy, evaluate_masks
 from pipeline.experiments import SweepSpec, register_experiment, register_sweep
 from pipeline.stages import TrialContext, load_network, pretrained_network, train_masks
-from pipeline.studies import register_study
+from pipeline.experiments import register_study
 from tasks.registry import options_for
 
 BASELINE = "baseline"

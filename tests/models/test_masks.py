@@ -124,7 +124,7 @@ def test_continual_learning_initialisation():
 
 
 def test_atomic_write_leaves_the_old_file_when_the_writer_fails(tmp_path):
-    from models.atomic import atomic_path
+    from models.common import atomic_path
 
     target = tmp_path / "file.txt"
     target.write_text("old")

@@ -6,7 +6,7 @@ import torch
 from models.registry import build_model
 from pipeline.config import ExperimentConfig, flatten, override, parse_assignments
 from pipeline.experiments import get_experiment, validate
-from tasks import get_task
+from tasks.registry import get_task
 from tasks.arithmetic import PRESENTATIONS
 
 

@@ -8,7 +8,7 @@ import torch
 from pipeline.config import override
 from pipeline.experiments import EXPERIMENTS, SWEEPS, experiment_names, get_experiment, sweep_names, validate
 from pipeline.sweep import member_configs, param_space
-from tasks import get_task, task_names
+from tasks.registry import get_task, task_names
 from tasks.registry import options_for
 
 SCALED = [(name, scale) for name in experiment_names() for scale in ("paper", *EXPERIMENTS[name].scales)]

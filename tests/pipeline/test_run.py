@@ -166,7 +166,7 @@ def test_cli_list_shows_every_experiment():
 
 
 def test_cli_list_shows_the_studies_and_each_scale():
-    from pipeline.studies import study_names
+    from pipeline.experiments import study_names
 
     output = CliRunner().invoke(main, ["list"]).output
     studies = output.split("studies (recipes; the key `study`):")[1].split("experiments (")[0]

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from analysis.data import AnalysisInputError, load_tables
-from models.atomic import file_hash
+from models.common import file_hash
 from pipeline.cli import main
 
 

@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from tasks import get_task
+from tasks.registry import get_task
 from tasks.permuted_mnist import IDX_FILES, PermutedMNISTOptions, parse_logit_init, task_permutation
 
 RAW = "MNIST/raw"

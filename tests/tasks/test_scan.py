@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from models.masking import Masks
-from tasks import get_task
+from tasks.registry import get_task
 from tasks.scan import FILES, PAD, Batch, ScanDataError, ensure_files
 
 

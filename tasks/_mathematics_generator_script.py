@@ -4,7 +4,7 @@ Runs in the generator's own interpreter (mathematics_dataset 1.0.1, sympy 1.4, n
 this project's: it imports nothing from the project. PYTHONHASHSEED must be set by the caller
 (tasks/mathematics_generate.py), since it has to be fixed before the interpreter starts.
 
-    python mathematics_generator_script.py MODULE REGIME COUNT SEED OUTPUT
+    python _mathematics_generator_script.py MODULE REGIME COUNT SEED OUTPUT
 """
 
 import os
