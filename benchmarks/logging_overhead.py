@@ -3,7 +3,7 @@
     python benchmarks/logging_overhead.py [--steps 600] [--repeats 5] [--size 400,400,200] [--threads 2]
 
 One mask of the add/mul FNN (batch 128, K = 4, fused) is trained for --steps steps through the
-pipeline's own stage loop (pipeline.stages.run_resumable), once with the curves sent to a real
+pipeline's own stage loop (pipeline.loop.run_resumable), once with the curves sent to a real
 sqlite MLflow store (every `log_every` = 100 steps: loss, regulariser, mean σ(l), kept fraction;
 validation accuracy every 1000 steps; batched log_batch calls) and once without any report. The two
 run interleaved, --repeats times each. Printed: the ratio of the medians (noisy on a shared machine:
@@ -26,7 +26,8 @@ from models.registry import build_model
 from pipeline import records
 from pipeline.config import override
 from pipeline.experiments import get_experiment, task_of
-from pipeline.stages import VALIDATE_EVERY, accuracy, make_masked_model, mask_statistics, run_resumable
+from pipeline.loop import VALIDATE_EVERY, run_resumable
+from pipeline.stages import accuracy, make_masked_model, mask_statistics
 
 
 def one_stage(config, task, steps: int, logger: records.MetricLogger | None, folder: Path) -> tuple[float, float]:

@@ -23,13 +23,14 @@ from pipeline.config import override
 from pipeline.evaluate import evaluate_masks
 from pipeline.experiments import get_experiment, get_sweep, task_of
 from pipeline.stages import TrialContext, pretrained_network, train_mask
+from pipeline.trial import resolve
 from pipeline.storage import Storage
-from pipeline.sweep import run_sweep
+from pipeline.sweep import SweepOptions, run_sweep
 
 
 def bare_trial_seconds(config, results_dir: Path) -> tuple[float, float]:
     """(whole trial, pretraining alone) in seconds, stages only."""
-    ctx = TrialContext(config, task_of(config), results_dir, Storage(results_dir))
+    ctx = TrialContext(resolve(config), task_of(config), results_dir, Storage(results_dir))
     start = time.perf_counter()
     network = pretrained_network(ctx)
     pretrain_seconds = time.perf_counter() - start
@@ -53,8 +54,8 @@ def main():
     bare = [bare_trial_seconds(c, args.work / "bare") for c in configs]
     bare_total = sum(b[0] for b in bare)
 
-    summary = run_sweep("sharing-vs-capacity", args.work / "sweep", seeds=args.seeds, smoke=True,
-                        cpus_per_trial=cpus, num_cpus=cpus)
+    summary = run_sweep(SweepOptions("sharing-vs-capacity", args.work / "sweep", "smoke", args.seeds,
+                                     cpus_per_trial=cpus, num_cpus=cpus))
     overhead = (summary.wall_seconds - bare_total) / len(configs)
     print(f"\nmachine: {cpus} CPU threads, torch {torch.__version__}")
     print("| trials | bare trials, sum [s] | mean bare trial [s] | sweep wall [s] | overhead per trial [s] | overhead |")
@@ -62,8 +63,8 @@ def main():
     print(f"| {len(configs)} | {bare_total:.1f} | {bare_total / len(configs):.1f} | {summary.wall_seconds:.1f} "
           f"| {overhead:.1f} | {100 * overhead / (bare_total / len(configs)):.1f}% |")
 
-    alpha = run_sweep("alpha-sensitivity", args.work / "alpha", seeds=args.seeds, smoke=True, cpus_per_trial=cpus,
-                      num_cpus=cpus)
+    alpha = run_sweep(SweepOptions("alpha-sensitivity", args.work / "alpha", "smoke", args.seeds, cpus_per_trial=cpus,
+                                   num_cpus=cpus))
     trials = alpha.done
     pretrained = len(list((args.work / "alpha" / "pretrained").iterdir()))
     small_pretrain = [b[1] for b, c in zip(bare, configs) if c.model.size == "small"]

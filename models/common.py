@@ -22,6 +22,7 @@ import json
 import os
 import pkgutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -34,7 +35,8 @@ class Registry:
     def __init__(self, kind: str, package: str | None = None, group: str | None = None):
         self.kind, self.package, self.group = kind, package, group
         self._entries: dict[str, object] = {}
-        self._discovered = False
+        self._discovered = self._discovering = False
+        self._lock = threading.RLock()
 
     def register(self, name: str):
         def decorate(thing):
@@ -53,15 +55,23 @@ class Registry:
         return self._entries[name]
 
     def discover(self) -> None:
-        """Import every module of the package and every entry point of the group (once)."""
+        """Import every module of the package and every entry point of the group (once). Another
+        thread looking something up meanwhile waits for the whole registry (the trials of a pack run
+        in threads); a module that looks something up while it registers sees a partial one."""
         if self._discovered:
             return
-        self._discovered = True  # first: a module that looks something up while it registers sees a partial registry
-        if self.package:
-            import_modules(self.package)
-        if self.group:
-            for entry in importlib.metadata.entry_points(group=self.group):
-                entry.load()
+        with self._lock:
+            if self._discovered or self._discovering:  # done by another thread, or under way in this one
+                return
+            self._discovering = True
+            try:
+                if self.package:
+                    import_modules(self.package)
+                if self.group:
+                    for entry in importlib.metadata.entry_points(group=self.group):
+                        entry.load()
+            finally:
+                self._discovered = True
 
     def names(self) -> list[str]:
         self.discover()

@@ -115,12 +115,13 @@ def run_command(experiment: str, seed: int, assignments: tuple[str, ...], scale:
                 results_dir: Path, storage: str | None, data_dir: Path | None):
     """Pretrain, mask and evaluate one trial of EXPERIMENT (resumes where it stopped)."""
     from pipeline.run import run_trial
+    from pipeline.trial import resolve
 
     try:
         config = get_experiment(experiment, scale=_scale(scale, smoke))
         config = override(dataclasses.replace(config, seed=seed),
                           _with_data_dir(parse_assignments(assignments), data_dir))
-        result = run_trial(config, results_dir, storage_uri=storage)
+        result = run_trial(resolve(config), results_dir, storage_uri=storage)
     except (KeyError, ValueError, TypeError, PermissionError, ConnectionError, FileNotFoundError, DataError) as error:
         _fail(str(error.args[0]) if isinstance(error, KeyError) else str(error))
     click.echo(f"\ntrial {result.trial_id} finished")
@@ -158,12 +159,14 @@ def run_command(experiment: str, seed: int, assignments: tuple[str, ...], scale:
 def sweep_command(name, seeds, scale, smoke, assignments, results_dir, storage, address, cpus_per_trial, gpus_per_trial,
                   max_failures, pack_size, resume, data_dir, verbose):
     """Run the sweep NAME on Ray Tune; started again, it resumes without redoing finished trials."""
-    from pipeline.sweep import run_sweep, summary_lines
+    from pipeline.sweep import SweepOptions, run_sweep, summary_lines
 
     try:
-        summary = run_sweep(name, results_dir, seeds, False, _with_data_dir(parse_assignments(assignments), data_dir),
-                            address, cpus_per_trial, gpus_per_trial, max_failures, resume, storage_uri=storage,
-                            verbose=verbose, pack_size=pack_size, scale=_scale(scale, smoke))
+        options = SweepOptions(
+            name, results_dir, _scale(scale, smoke), seeds, _with_data_dir(parse_assignments(assignments), data_dir),
+            address, cpus_per_trial, gpus_per_trial, max_failures, resume, storage_uri=storage, verbose=verbose,
+            pack_size=pack_size)
+        summary = run_sweep(options)
     except (KeyError, ValueError, TypeError, PermissionError, ConnectionError, FileNotFoundError, RuntimeError) as error:
         _fail(str(error.args[0]) if isinstance(error, KeyError) else str(error))
     for line in summary_lines(summary):

@@ -38,8 +38,8 @@ class Workload:
 
 
 def workload(trials: list) -> Workload:
-    """trials: [(ExperimentConfig, task)] of every trial of the sweep."""
-    networks = {pretrain_key(config, task.version, task.pretrain_split): config.pretrain.steps
-                for config, task in trials}
-    masks = sum(len(task.mask_splits) * config.mask.steps for config, task in trials)
-    return Workload(len(trials), sum(networks.values()), masks, frozenset(c.model.builder for c, _ in trials))
+    """trials: [(TrialSpec, task)] of every trial of the sweep."""
+    networks = {pretrain_key(trial.config, trial.task_version, task.pretrain_split): trial.config.pretrain.steps
+                for trial, task in trials}
+    masks = sum(len(task.mask_splits) * trial.config.mask.steps for trial, task in trials)
+    return Workload(len(trials), sum(networks.values()), masks, frozenset(t.config.model.builder for t, _ in trials))

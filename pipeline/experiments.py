@@ -130,14 +130,15 @@ def task_of(config: ExperimentConfig):
     return get_task(config.task, config.task_options, config.data_dir or None)
 
 
-def validate(config: ExperimentConfig):
-    """Fail before any work on settings that would only fail later. -> the task."""
+def validate(config: ExperimentConfig, task=None):
+    """Fail before any work on settings that would only fail later. -> the task (`task`, when the
+    caller built it already, else built here)."""
     if not config.task:
         raise ValueError("no task: set one with --set task=NAME (see `pipeline list`)")
     if config.model is None:
         raise ValueError("no model: set one with --set model.builder=NAME (see `pipeline list`)")
     get_study(config.study)
-    task = task_of(config)
+    task = task if task is not None else task_of(config)
     model_family(config.model.builder)
     with torch.device("meta"):  # builds the architecture without allocating its weights
         build_model(config.model, task.dims)

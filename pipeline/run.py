@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline import records
-from pipeline.config import flatten
-from pipeline.evaluate import summary_metrics
-from pipeline.experiments import validate
 from models.common import file_hash, write_json_atomic
+from pipeline.config import ExperimentConfig
+from pipeline.evaluate import summary_metrics
+from pipeline.experiments import get_study, validate
 from pipeline.stages import LAYOUT_VERSION, TrialContext, damaged_files
 from pipeline.storage import Storage
-from pipeline.experiments import get_study
+from pipeline.trial import TrialSpec, resolve
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +81,13 @@ def trial_is_intact(done_marker: Path, results_dir: Path, storage: Storage) -> b
     return False
 
 
-def run_trial(config, results_dir: Path, parent_run_id: str | None = None,
+def run_trial(trial: TrialSpec | ExperimentConfig, results_dir: Path, parent_run_id: str | None = None,
               tags: dict | None = None, mlflow_experiment: str | None = None,
               tracking_uri: str | None = None, on_stage: Callable[[str], None] = lambda stage: None,
               storage_uri: str | None = None, pack=None) -> TrialResult:
     """Run (or resume) every stage of one trial; finished stages are not redone.
+
+    trial: resolved (pipeline.trial.resolve); a config is resolved here, as it is.
 
     on_stage(name) is called after each finished stage (a sweep reports it to Tune).
     storage_uri: where finished stages are also kept and looked for (see pipeline.storage), so
@@ -93,33 +95,34 @@ def run_trial(config, results_dir: Path, parent_run_id: str | None = None,
     pack: a models.masking.packing.MaskPack shared by trials running at once in threads of this
     process, whose masks then train in one pass (see pipeline.sweep).
     """
+    trial = trial if isinstance(trial, TrialSpec) else resolve(trial)
+    config = trial.config
     task = validate(config)
     results_dir = Path(results_dir)
     check_results_dir(results_dir)
     uri = tracking_uri or records.tracking_uri(results_dir)
     records.check_tracking(uri)
-    ctx = TrialContext(config, task, results_dir, Storage(results_dir, storage_uri), on_stage, pack=pack)
-    trial = ctx.trial_dir.name
+    ctx = TrialContext(trial, task, results_dir, Storage(results_dir, storage_uri), on_stage, pack=pack)
     config_file = ctx.trial_dir / "config.json"
-    write_json_atomic(flatten(config) | {"task_version": task.version, "trial_id": trial}, config_file)
+    write_json_atomic(trial.params | {"trial_id": trial.id}, config_file)
     done_marker = ctx.trial_dir / "recorded.json"
     if ctx.storage.pull(ctx.relative(done_marker)) and trial_is_intact(done_marker, results_dir, ctx.storage):
-        log.info("trial %s already finished; nothing to do", trial)
+        log.info("trial %s already finished; nothing to do", trial.id)
         recorded = json.loads(done_marker.read_text())
-        return TrialResult(trial, ctx.trial_dir, results_dir / "parquet", uri, recorded["run_id"], recorded["metrics"])
+        return TrialResult(trial.id, ctx.trial_dir, results_dir / "parquet", uri, recorded["run_id"], recorded["metrics"])
 
-    params = flatten(config) | {"task_version": task.version}
+    params = trial.params
     model_tags = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith("model.")}  # builder, size...
     run_tags = {"experiment": config.experiment, "study": config.study, "task": config.task, **model_tags,
                 "seed": config.seed, "beta": config.mask.beta, **(tags or {})}
-    run_id, resumed = records.start_trial_run(uri, mlflow_experiment or f"modular/{config.experiment}", trial, params,
+    run_id, resumed = records.start_trial_run(uri, mlflow_experiment or f"modular/{config.experiment}", trial.id, params,
                                               run_tags, parent_run_id, artifact_root=results_dir / "mlartifacts")
     curves = records.MetricLogger(uri, run_id, resumed)
     ctx.log_metrics = curves.log
     try:
         tables = get_study(config.study)(ctx)
         curves.flush()
-        written = records.write_tables(tables, {"trial_id": trial, **params}, results_dir, trial)
+        written = records.write_tables(tables, {"trial_id": trial.id, **params}, results_dir, trial.id)
         metrics = summary_metrics(tables)
         artifacts = [("", config_file), *[(f"tables/{path.parent.parent.name}", path) for path in written]]
         if (ctx.trial_dir / "masks").is_dir():
@@ -132,4 +135,4 @@ def run_trial(config, results_dir: Path, parent_run_id: str | None = None,
     files = {ctx.relative(path): file_hash(path) for path in [*ctx.produced, *written]}
     write_json_atomic({"run_id": run_id, "metrics": metrics, "files": files}, done_marker)
     ctx.storage.push(*[ctx.relative(p) for p in written], ctx.relative(config_file), ctx.relative(done_marker))
-    return TrialResult(trial, ctx.trial_dir, results_dir / "parquet", uri, run_id, metrics)
+    return TrialResult(trial.id, ctx.trial_dir, results_dir / "parquet", uri, run_id, metrics)

@@ -19,20 +19,20 @@ from typing import Callable
 
 import torch
 from filelock import FileLock
-from tqdm.auto import tqdm
 
-from models.common import atomic_path, file_hash, write_json_atomic
+from models.common import file_hash, write_json_atomic
 from models.masking import MaskConfig, MaskedModel, ParameterFilter, applied, make_optimizer, training_step
 from models.masking.masks import atomic_torch_save
 from models.masking.packing import MaskPack
 from models.registry import build_model
-from pipeline.config import UNKEYED, ExperimentConfig, PretrainConfig, fingerprint, flatten
+from pipeline.config import ExperimentConfig, PretrainConfig, fingerprint, flatten
+from pipeline.loop import Stage, learning_rate_schedule, run_stage
 from pipeline.storage import Storage
+from pipeline.trial import TrialSpec
 
 log = logging.getLogger(__name__)
 
 LAYOUT_VERSION = 2  # of the results folder; bumped when trial ids or pretrain keys change
-VALIDATE_EVERY = 10  # validation accuracy on the curves every VALIDATE_EVERY * log_every steps
 VALIDATION_SIZE = 256  # examples in the curves' validation set
 NOISE_SEED_OFFSET = 2**20  # a mask's noise seed is its data seed plus this
 
@@ -45,11 +45,6 @@ def pretrain_key(config: ExperimentConfig, task_version: int, split: str) -> str
     return fingerprint(values | {"task_version": task_version, "split": split})
 
 
-def trial_id(config: ExperimentConfig, task_version: int) -> str:
-    values = {k: v for k, v in flatten(config).items() if k not in UNKEYED}
-    return f"{config.experiment}-s{config.seed}-{fingerprint(values | {'task_version': task_version})}"
-
-
 # -- the trial's context -----------------------------------------------------------------------------
 @dataclass
 class TrialContext:
@@ -60,7 +55,7 @@ class TrialContext:
     pack: where the masks of trials that run together (one thread each) train in one pass.
     """
 
-    config: ExperimentConfig
+    trial: TrialSpec
     task: object
     results_dir: Path
     storage: Storage
@@ -71,8 +66,12 @@ class TrialContext:
     produced: list = field(default_factory=list)  # every file of the trial's finished stages (verified later)
 
     @property
+    def config(self) -> ExperimentConfig:
+        return self.trial.config
+
+    @property
     def trial_dir(self) -> Path:
-        return self.results_dir / "trials" / trial_id(self.config, self.task.version)
+        return self.trial.folder(self.results_dir)
 
     @property
     def device(self) -> torch.device:
@@ -133,69 +132,12 @@ def is_finished(files: list[Path]) -> bool:
     return False
 
 
-# -- a resumable loop ------------------------------------------------------------------------------
-def run_resumable(
-    step: Callable[[], dict | None], state: dict, total_steps: int, checkpoint: Path, every: int, description: str,
-    report: Callable[[int, dict], None] | None = None, report_every: int = 100,
-) -> None:
-    """Call `step` until total_steps, saving `state` (objects with state_dict) every `every` steps.
-
-    state also gets the data generator and torch's RNG so that a resumed run draws the same data.
-    step() may return {name: scalar tensor}; every `report_every` steps report(step, means) gets
-    their means over those steps (read from the tensors only then, so steps do not wait on them).
-    """
-    done = _restore(state, checkpoint, description)
-    sums: dict = {}
-    with tqdm(total=total_steps, initial=done, desc=description, unit="step", mininterval=1.0) as bar:
-        for i in range(done, total_steps):
-            values = step() or {}
-            for name, value in values.items():
-                sums[name] = sums.get(name, 0.0) + value.detach()
-            bar.update(1)
-            if report and ((i + 1) % report_every == 0 or i + 1 == total_steps) and sums:
-                count = (i + 1) % report_every or report_every
-                report(i + 1, {name: float(total) / count for name, total in sums.items()})
-                sums = {}
-            if (i + 1) % every == 0 and i + 1 < total_steps:
-                payload = {n: o.get_state() if isinstance(o, torch.Generator) else o.state_dict() for n, o in state.items()}
-                atomic_torch_save(payload | {"step": i + 1, "torch_rng": torch.get_rng_state()}, checkpoint)
-
-
-def _restore(state: dict, checkpoint: Path, description: str) -> int:
-    """Load a mid-stage checkpoint into `state`. -> steps done (0 without one, or with a corrupt one,
-    which is reported and removed: the stage restarts from its beginning)."""
-    if not checkpoint.exists():
-        return 0
-    try:
-        saved = torch.load(checkpoint, weights_only=False)
-        for name, obj in state.items():
-            obj.set_state(saved[name]) if isinstance(obj, torch.Generator) else obj.load_state_dict(saved[name])
-        torch.set_rng_state(saved["torch_rng"])
-    except Exception as error:  # torch raises several types for a truncated or foreign file
-        log.warning("%s: checkpoint %s is corrupt (%s: %s); restarting the stage from step 0", description,
-                    checkpoint, type(error).__name__, str(error)[:200])
-        checkpoint.unlink(missing_ok=True)
-        return 0
-    log.info("%s: resuming at step %d from %s", description, saved["step"], checkpoint)
-    return saved["step"]
-
-
-def learning_rate_schedule(optimizer, warmup_steps: int = 0, decay_steps: tuple[int, ...] = ()):
-    """LambdaLR: linear warm-up from 0 over warmup_steps, then ÷10 at each of decay_steps."""
-
-    def factor(step: int) -> float:
-        warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
-        return warm * 0.1 ** sum(step >= s for s in decay_steps)
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 # -- pretraining -------------------------------------------------------------------------------------
 def pretrained_network(ctx: TrialContext, split: str | None = None) -> Path:
     """The network trained on `split` (default: the task's pretraining split), trained once and shared
     by every trial with the same key, also across nodes through storage. -> model.pt"""
     split = split or ctx.task.pretrain_split
-    folder = ctx.results_dir / "pretrained" / pretrain_key(ctx.config, ctx.task.version, split)
+    folder = ctx.results_dir / "pretrained" / pretrain_key(ctx.config, ctx.trial.task_version, split)
     final = folder / "model.pt"
     files = [folder / "config.json", final]
     relatives = [ctx.relative(f) for f in [*files, manifest_path(files)]]
@@ -236,16 +178,15 @@ def train_network(ctx: TrialContext, split: str, folder: Path, final: Path) -> N
 
     validation = validation_batches(ctx, split)
 
-    def report(step_index: int, means: dict) -> None:
-        if step_index % (VALIDATE_EVERY * config.log_every) == 0 or step_index == config.pretrain.steps:
-            model.eval()
-            means["validation_accuracy"] = accuracy(task, model, validation)
-            model.train()
-        ctx.log_metrics(name, step_index, means | {"lr": schedule.get_last_lr()[0]})
+    def validate() -> float:
+        model.eval()
+        value = accuracy(task, model, validation)
+        model.train()
+        return value
 
-    state = {"model": model, "optimizer": optimizer, "schedule": schedule, "generator": generator}
-    run_resumable(step, state, config.pretrain.steps, folder / "checkpoint.pt", config.checkpoint_every, name,
-                  report, config.log_every)
+    run_stage(ctx, Stage(name, config.pretrain.steps, folder / "checkpoint.pt", step,
+                         {"model": model, "optimizer": optimizer, "schedule": schedule, "generator": generator},
+                         statistics=lambda step, means: {"lr": schedule.get_last_lr()[0]}, validate=validate))
     write_json_atomic(flatten(config) | {"split": split}, folder / "config.json")
     atomic_torch_save(model.state_dict(), final)
     (folder / "checkpoint.pt").unlink(missing_ok=True)
@@ -361,23 +302,21 @@ def _train_mask(ctx: TrialContext, name: str, split: str, network: Path, prepare
     validation = validation_batches(ctx, split)
     curve = Curve()
 
-    def report(step_index: int, means: dict) -> None:
-        statistics = mask_statistics(masked)
-        curve.add(step_index, statistics)
-        total = means["loss"] + statistics["regularizer"]
-        ctx.log_metrics(f"mask {name}", step_index, means | statistics | {"total": total})
-        if step_index % (VALIDATE_EVERY * config.log_every) == 0 or step_index == config.mask.steps:
-            with applied(masked.model, masked.deterministic_masks()):
-                ctx.log_metrics(f"mask {name}", step_index,
-                                {"validation_accuracy": accuracy(task, masked.model, validation)})
+    def statistics(step: int, means: dict) -> dict:
+        values = mask_statistics(masked)
+        curve.add(step, values)
+        return values | {"total": means["loss"] + values["regularizer"]}
+
+    def validate() -> float:
+        with applied(masked.model, masked.deterministic_masks()):
+            return accuracy(task, masked.model, validation)
 
     state = {"logits": masked.logits, "optimizer": optimizer, "schedule": schedule, "generator": generator,
              "noise": noise, "curve": curve}
     checkpoint = logits_file.with_name(f"{name}.checkpoint.pt")
     logits_file.parent.mkdir(parents=True, exist_ok=True)
     with ctx.pack.member() if ctx.pack else contextlib.nullcontext():
-        run_resumable(step, state, config.mask.steps, checkpoint, config.checkpoint_every, f"mask {name}",
-                      report, config.log_every)
+        run_stage(ctx, Stage(f"mask {name}", config.mask.steps, checkpoint, step, state, statistics, validate))
     curve.save(curve_file(ctx, name))
     masked.deterministic_masks().save(masks_file)
     atomic_torch_save({n: l.detach().cpu() for n, l in masked.logits_by_name().items()}, logits_file)

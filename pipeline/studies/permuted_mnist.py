@@ -30,7 +30,8 @@ from models.registry import build_model
 from pipeline.config import ExperimentConfig, MaskStageConfig, PretrainConfig
 from pipeline.experiments import SweepSpec, register_experiment, register_sweep
 from models.common import write_json_atomic
-from pipeline.stages import TrialContext, accuracy, make_masked_model, mask_statistics, run_resumable
+from pipeline.loop import Stage, run_stage
+from pipeline.stages import TrialContext, accuracy, make_masked_model, mask_statistics
 from pipeline.experiments import register_study
 from tasks.registry import options_for
 
@@ -121,14 +122,11 @@ def train_phase(ctx: TrialContext, task, t: int) -> None:
                              clip=config.mask.clip)
         return {"loss": loss}
 
-    def report(step_index: int, means: dict) -> None:
-        ctx.log_metrics(f"task {t}", step_index, means | mask_statistics(masked))
-
     checkpoint = weights_file.with_name("checkpoint.pt")
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    state = {"masked": masked, "optimizer": optimizer, "generator": generator}
-    run_resumable(step, state, config.mask.steps, checkpoint, config.checkpoint_every, f"task {t}", report,
-                  config.log_every)
+    run_stage(ctx, Stage(f"task {t}", config.mask.steps, checkpoint, step,
+                         {"masked": masked, "optimizer": optimizer, "generator": generator},
+                         statistics=lambda step, means: mask_statistics(masked)))
     weights = settled_weights(masked)
     masks = masked.deterministic_masks()
     masks.save(masks_file)

@@ -13,6 +13,7 @@ from pipeline.evaluate import iou_rows
 from pipeline.studies.cifar10 import FIXED_LOGIT, fix_output_layer, output_layer_parameters
 from tasks.cifar10 import Cifar10Options, Cifar10Task
 from tests.tasks.cifar_data import EASY_CLASS, accept_generated_checksums, write_cifar10
+from pipeline.trial import resolve
 
 
 def _masks(**bits):
@@ -63,7 +64,7 @@ def test_removing_an_easy_class_drops_that_class_and_keeps_the_control_output_la
     config = override(get_experiment("cifar10-cnn-nodropout", smoke=True), settings)
     with accept_generated_checksums(data):
         task = Cifar10Task(Cifar10Options(), data)
-    ctx = TrialContext(config, task, tmp_path / "results", Storage(tmp_path / "results", None))
+    ctx = TrialContext(resolve(config), task, tmp_path / "results", Storage(tmp_path / "results", None))
     network = pretrained_network(ctx)
     control_logits = train_mask(ctx, "all", "all", network)
     train_mask(ctx, "without-airplane", "without-airplane", network, prepare=fix_output_layer(control_logits))

@@ -15,7 +15,7 @@ import pytest
 import ray.util
 import torch
 
-from pipeline.sweep import tracking_uri_for_cluster
+from pipeline.cluster import tracking_uri_for_cluster
 from tests.pipeline.local_ray import cluster_environment, free_port, start_node, stop_node
 from tests.pipeline.test_sweep import TINY, _assert_each_trial_once
 

@@ -8,7 +8,8 @@ import pyarrow.dataset as ds
 import pytest
 import torch
 
-from pipeline.sweep import run_sweep
+from pipeline.sweep import SweepOptions, run_sweep
+from pipeline.trainable import FAULT_VARIABLE
 from tests.pipeline.test_sweep import local_tracking  # noqa: F401 (an autouse fixture: no cluster, a local store)
 
 TINY = {"pretrain.steps": "40", "mask.steps": "30", "eval_size": "64", "checkpoint_every": "10", "mask.fused": "false"}
@@ -17,8 +18,8 @@ pytestmark = pytest.mark.slow  # real Ray: tens of seconds each
 
 
 def _sweep(results_dir, **kwargs):
-    options = dict(seeds=1, smoke=True, overrides=TINY, num_cpus=2, max_failures=1)
-    return run_sweep("alpha-sensitivity", results_dir, **(options | kwargs))
+    options = dict(seeds=1, scale="smoke", overrides=TINY, num_cpus=2, max_failures=1)
+    return run_sweep(SweepOptions("alpha-sensitivity", results_dir, **(options | kwargs)))
 
 
 def _logits(results_dir) -> dict:
@@ -64,8 +65,9 @@ def test_packed_sweep_gives_the_masks_of_unpacked_trials_and_records_each_trial_
     assert len([f for f in (alone / "ray" / "alpha-sensitivity").iterdir() if f.is_dir()]) == 3
 
 
-def test_failed_pack_resumes_and_records_each_trial_once(tmp_path):
-    first = _sweep(tmp_path, fail_first_attempt=True, max_failures=0, pack_size=3)
+def test_failed_pack_resumes_and_records_each_trial_once(tmp_path, monkeypatch):
+    monkeypatch.setenv(FAULT_VARIABLE, "1")  # the first attempt of every trial fails
+    first = _sweep(tmp_path, max_failures=0, pack_size=3)
     assert (first.done, first.failed) == (0, 3)  # every member failed after its first stage
     resumed = _sweep(tmp_path, resume=True, pack_size=3)
     assert resumed.resumed and (resumed.done, resumed.failed, resumed.unfinished) == (3, 0, 0)

@@ -16,6 +16,7 @@ from pipeline.run import run_trial
 from pipeline.stages import TrialContext
 from pipeline.storage import Storage
 from tests.conftest import SHARED_DATA
+from pipeline.trial import resolve
 
 TASKS = 3
 SMALL = {"model.size": "24,24,8", "task_options.permutations": str(TASKS), "mask.steps": "12", "eval_size": "600",
@@ -39,7 +40,7 @@ def _phase(result, t):
 def _context(config, results_dir):
     from pipeline.experiments import task_of
 
-    return TrialContext(config, task_of(config), results_dir, Storage(results_dir, None))
+    return TrialContext(resolve(config), task_of(config), results_dir, Storage(results_dir, None))
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import torch
 
 from pipeline.config import override
 from pipeline.experiments import EXPERIMENTS, SWEEPS, experiment_names, get_experiment, sweep_names, validate
-from pipeline.sweep import member_configs, param_space
+from pipeline.plan import plan_sweep
 from tasks.registry import get_task, task_names
 from tasks.registry import options_for
 
@@ -38,22 +38,16 @@ def test_every_sweep_expands_its_grid_and_packs_into_valid_trials(sweep, scale, 
     spec = spec.at(scale)
     data = {"data_dir": str(test_data)} | next(
         (DATA_OPTIONS[get_experiment(e).task] for e in spec.experiments if get_experiment(e).task in DATA_OPTIONS), {})
-    space = param_space(spec, spec.seeds, scale, data, pack_size=4)
-    axes = {k: v["grid_search"] for k, v in space.items() if isinstance(v, dict) and "grid_search" in v}
-    assert axes["seed"] == list(range(spec.seeds))
-    members = [m for pack in axes.get("pack", [{"members": [{}]}]) for m in pack["members"]]
-    unpacked = [k for k in axes if k not in ("experiment", "seed", "pack")]
-    grid_points = [len(values) for values in spec.grid.values()]
-    combinations = [len(members)] + [len(axes[k]) for k in unpacked]
-    assert _product(combinations) == _product(grid_points)  # every grid point once, in a pack or on an axis
-    assert {tuple(sorted(m.items())) for m in members} == _packed_points(spec.grid)
-    trial = {"experiment": axes["experiment"][0], "seed": 0, "scale": scale, "fixed_overrides": data,
-             "context": {"sweep": sweep}, **{k: axes[k][0] for k in unpacked}}
-    if "pack" in axes:
-        trial["pack"] = axes["pack"][0]
-    for config in member_configs(trial):
-        assert config.sweep == sweep and config.seed == 0
-        validate(config)
+    plan = plan_sweep(sweep, scale, overrides=data, pack_size=4)
+    grid_points = _product([len(values) for values in spec.grid.values()])
+    assert len(plan.trials) == len(spec.experiments) * grid_points * spec.seeds  # every grid point of every seed once
+    assert len({t.id for t in plan.trials}) == len(plan.trials)
+    assert all(len(run.trials) <= 4 for run in plan.runs)
+    packed = {tuple(sorted((k, getattr(t.config.mask, k[5:])) for k in spec.grid if k.startswith("mask."))) for t in plan.trials}
+    assert packed == _packed_points(spec.grid)
+    for trial in plan.runs[0].trials:
+        assert trial.config.sweep == sweep and trial.config.seed == 0
+        validate(trial.config)
 
 
 TASK_OPTIONS = {"mathematics": {"subfolder": "mathematics_dataset_sample", "validation_size": 20},

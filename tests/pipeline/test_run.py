@@ -11,6 +11,7 @@ from pipeline.cli import main
 from pipeline.config import override
 from pipeline.experiments import get_experiment
 from pipeline.run import run_trial
+from pipeline.trial import resolve
 
 TINY = {"pretrain.steps": "60", "mask.steps": "30", "eval_size": "64", "checkpoint_every": "10",
         "mask.fused": "false"}
@@ -71,7 +72,7 @@ def test_concurrent_trials_sharing_a_network_pretrain_it_once(tmp_path, monkeypa
     from pipeline.experiments import task_of
     from pipeline.storage import Storage
 
-    contexts = [pipeline.stages.TrialContext(config, task_of(config), tmp_path, Storage(tmp_path))
+    contexts = [pipeline.stages.TrialContext(resolve(config), task_of(config), tmp_path, Storage(tmp_path))
                 for config in (tiny(**{"mask.beta": b}) for b in ("1e-4", "2e-4", "3e-4"))]
     threads = [threading.Thread(target=pipeline.stages.pretrained_network, args=(ctx,)) for ctx in contexts]
     for t in threads:

@@ -14,7 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from pipeline.sweep import run_sweep
+from pipeline.sweep import SweepOptions, run_sweep
+from pipeline.trainable import FAULT_VARIABLE
 from tests.pipeline.local_ray import free_port, start_node, stop_node
 
 TINY = {"pretrain.steps": "40", "mask.steps": "20", "eval_size": "64", "checkpoint_every": "10", "mask.fused": "false"}
@@ -28,8 +29,8 @@ def local_tracking(monkeypatch):
 
 
 def _sweep(results_dir, **kwargs):
-    options = dict(seeds=2, smoke=True, overrides=TINY, num_cpus=2, max_failures=1)
-    return run_sweep("sharing-vs-capacity", results_dir, **(options | kwargs))
+    options = dict(seeds=2, scale="smoke", overrides=TINY, num_cpus=2, max_failures=1)
+    return run_sweep(SweepOptions("sharing-vs-capacity", results_dir, **(options | kwargs)))
 
 
 def _trial_runs(client) -> list:
@@ -79,14 +80,16 @@ def test_smoke_sweep_of_four_trials_then_every_figure_it_allows(tmp_path):
     assert "analysis" in [a.path for a in client.list_artifacts(parent.info.run_id)]
 
 
-def test_trial_that_fails_once_succeeds_on_retry(tmp_path):
-    summary = _sweep(tmp_path, fail_first_attempt=True, max_failures=1)
+def test_trial_that_fails_once_succeeds_on_retry(tmp_path, monkeypatch):
+    monkeypatch.setenv(FAULT_VARIABLE, "1")  # the first attempt of every trial fails
+    summary = _sweep(tmp_path, max_failures=1)
     assert (summary.done, summary.failed, summary.retried) == (4, 0, 4)
     _assert_each_trial_once(tmp_path, 4)
 
 
-def test_errored_sweep_resumes_and_records_each_trial_once(tmp_path):
-    first = _sweep(tmp_path, fail_first_attempt=True, max_failures=0)
+def test_errored_sweep_resumes_and_records_each_trial_once(tmp_path, monkeypatch):
+    monkeypatch.setenv(FAULT_VARIABLE, "1")  # the first attempt of every trial fails
+    first = _sweep(tmp_path, max_failures=0)
     assert first.failed == 4
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])

@@ -1,10 +1,13 @@
-"""How a sweep is laid out before Ray starts: packs of mask-only grid points, GPU shares."""
+"""How a sweep is laid out before Ray starts: every trial resolved once, packs of mask-only grid
+points, GPU shares, the trial ids that results folders are keyed by."""
 
 import pytest
 
-from pipeline.experiments import get_sweep
-from pipeline.sweep import (GPUS_PER_TRIAL_ON_CUDA, MAX_PACK, MAX_PACK_CPU, _gpu_share, _trial_devices, default_pack_size,
-                            member_configs, packs, param_space)
+from pipeline.config import override
+from pipeline.experiments import SweepSpec, get_experiment
+from pipeline.plan import MAX_PACK, MAX_PACK_CPU, default_pack_size, packs, plan_sweep
+from pipeline.sweep import GPUS_PER_TRIAL_ON_CUDA, SweepOptions, _gpu_share, run_sweep
+from pipeline.trial import TrialSpec
 
 
 def test_packs_split_evenly_and_never_exceed_the_pack_size():
@@ -18,71 +21,67 @@ def test_packs_split_evenly_and_never_exceed_the_pack_size():
     assert [len(g) for g in packs(members, None)] == [13, 13]  # at most 16 by default
 
 
-def _grid(space: dict) -> dict:
-    return {k: v["grid_search"] for k, v in space.items() if isinstance(v, dict) and "grid_search" in v}
-
-
 def test_only_mask_axes_are_packed_and_each_member_is_one_grid_point():
-    spec = get_sweep("alpha-sensitivity")
-    packed = _grid(param_space(spec.at("smoke"), 2, "smoke", {}, 4))
-    assert set(packed) == {"experiment", "seed", "model.size", "pack"}  # β moved into the packs
-    assert len(packed["pack"]) == 1 and packed["pack"][0]["label"] == "mask.beta=1e-05,0.0001,0.001"
-    unpacked = _grid(param_space(spec.at("smoke"), 2, "smoke", {}, 1))
-    assert set(unpacked) == {"experiment", "seed", "model.size", "mask.beta"}
+    packed = plan_sweep("alpha-sensitivity", "smoke", 2, {"mask.steps": "7"}, pack_size=4)
+    assert len(packed.runs) == 2  # one pack per seed: β moved into the packs
+    assert packed.runs[0].columns == {"experiment": "addmul-fnn", "seed": 0, "model.size": "small",
+                                      "pack": "mask.beta=1e-05,0.0001,0.001"}
+    members = packed.runs[1].trials
+    assert [t.config.mask.beta for t in members] == [1e-5, 1e-4, 1e-3]
+    assert {(t.config.seed, t.config.model.size, t.config.mask.steps, t.config.sweep) for t in members} == {
+        (1, "small", 7, "alpha-sensitivity")}
+    unpacked = plan_sweep("alpha-sensitivity", "smoke", 2, {"mask.steps": "7"}, pack_size=1)
+    assert len(unpacked.runs) == 6 and all(len(run.trials) == 1 for run in unpacked.runs)
+    assert {run.columns["mask.beta"] for run in unpacked.runs} == {"1e-05", "0.0001", "0.001"}
+    assert sorted(t.id for t in packed.trials) == sorted(t.id for t in unpacked.trials)  # packing is not in the id
 
-    trial = {"experiment": "addmul-fnn", "seed": 1, "model.size": "small", "pack": packed["pack"][0],
-             "fixed_overrides": {"mask.steps": 7}, "scale": "smoke", "context": {"sweep": "alpha-sensitivity"}}
-    configs = member_configs(trial)
-    assert [c.mask.beta for c in configs] == [1e-5, 1e-4, 1e-3]
-    assert {(c.seed, c.model.size, c.mask.steps, c.sweep) for c in configs} == {(1, "small", 7, "alpha-sensitivity")}
+
+def test_each_trial_is_resolved_once_with_the_config_a_preset_gives():
+    """The plan's trial = the preset at the scale with the grid values, seed and sweep set; its id is
+    the one `pipeline run` finds for the same config (an independent resolution of the same settings)."""
+    from pipeline.trial import resolve
+
+    plan = plan_sweep("sharing-vs-capacity", "cpu", 2)
+    assert len(plan.trials) == 3 * 2 and all(isinstance(t, TrialSpec) for t in plan.trials)
+    for trial in plan.trials:
+        expected = override(get_experiment("addmul-fnn", scale="cpu"), {"model.size": trial.config.model.size,
+                                                                        "seed": str(trial.config.seed)})
+        assert trial.config == override(expected, {"sweep": "sharing-vs-capacity"})
+        assert trial.id == resolve(trial.config).id and trial.id.startswith(f"addmul-fnn-s{trial.config.seed}-")
 
 
 @pytest.mark.parametrize("overrides, asked, expected", [
     ({}, 0, 0), ({"device": "cuda"}, 0, GPUS_PER_TRIAL_ON_CUDA), ({"device": "cuda:1"}, 0.5, 0.5), ({}, 1, 1)])
 def test_trials_on_cuda_reserve_a_gpu_share_and_pack_by_default(overrides, asked, expected):
-    devices = _trial_devices(get_sweep("sharing-vs-capacity"), "smoke", overrides)
+    devices = {override(get_experiment("addmul-fnn", scale="smoke"), overrides).device}
     assert _gpu_share(devices, asked) == expected
     assert default_pack_size(devices) == (MAX_PACK if "device" in overrides else MAX_PACK_CPU)
 
 
 def test_a_pack_size_below_one_is_refused_before_anything_starts(tmp_path):
-    from pipeline.sweep import run_sweep
-
     with pytest.raises(ValueError, match="pack size must be >= 1"):
-        run_sweep("alpha-sensitivity", tmp_path, smoke=True, pack_size=0)
+        run_sweep(SweepOptions("alpha-sensitivity", tmp_path, "smoke", pack_size=0))
     assert not (tmp_path / "trials").exists()
 
 
 def test_a_tuple_valued_grid_axis_reaches_the_trial_as_its_tuple():
     """Grid values are passed as they are (formerly turned into strings: "(100, 200)" did not parse)."""
-    from pipeline.experiments import SweepSpec
-
     spec = SweepSpec(("addmul-fnn",), {"pretrain.lr_decay_steps": [(100, 200), ()]})
-    grid = _grid(param_space(spec, 1, "smoke", {}, 1))
-    assert grid["pretrain.lr_decay_steps"] == [(100, 200), ()]
-    for value in grid["pretrain.lr_decay_steps"]:
-        trial = {"experiment": "addmul-fnn", "seed": 0, "pretrain.lr_decay_steps": value, "fixed_overrides": {},
-                 "scale": "smoke", "context": {"sweep": "test"}}
-        assert member_configs(trial)[0].pretrain.lr_decay_steps == value
+    plan = plan_sweep("test", "smoke", 1, pack_size=1, spec=spec)
+    assert [t.config.pretrain.lr_decay_steps for t in plan.trials] == [(100, 200), ()]
 
 
 def test_the_papers_addmul_sweep_is_estimated_before_it_starts():
     """C.3: 20k pretraining steps per network, 20k steps per mask (add, mul and the control mask),
     FNN and LSTM x 10 seeds; trials that share a network (same seed, task and model) pretrain once."""
-    from pipeline.sweep import sweep_workload
-
-    spec = get_sweep("addmul").at("paper")
-    work = sweep_workload(spec, 10, "paper", {})
+    work = plan_sweep("addmul", "paper", 10).workload()
     assert (work.trials, work.pretrain_steps, work.mask_steps) == (20, 20 * 20_000, 20 * 3 * 20_000)
-    alpha = get_sweep("alpha-sensitivity").at("cpu")  # 5 β values share each seed's network
-    work = sweep_workload(alpha, 5, "cpu", {})
+    work = plan_sweep("alpha-sensitivity", "cpu", 5).workload()  # 5 β values share each seed's network
     assert (work.trials, work.pretrain_steps) == (25, 5 * 20_000)
     assert "not measured" in work.lines("cuda")[-1] and len(work.lines("cpu")) == 1
 
 
 def test_an_unreachable_cluster_address_writes_nothing(tmp_path):
-    from pipeline.sweep import run_sweep
-
     with pytest.raises(ConnectionError, match="cannot reach the Ray cluster"):
-        run_sweep("alpha-sensitivity", tmp_path / "results", smoke=True, address="127.0.0.1:1")
+        run_sweep(SweepOptions("alpha-sensitivity", tmp_path / "results", "smoke", address="127.0.0.1:1"))
     assert not (tmp_path / "results").exists()

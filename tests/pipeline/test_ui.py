@@ -14,7 +14,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from pipeline.sweep import run_sweep
+from pipeline.sweep import SweepOptions, run_sweep
 from tests.pipeline.test_sweep import TINY
 
 pytestmark = pytest.mark.slow
@@ -70,7 +70,7 @@ def _wait_for_text(browser, texts: list[str], timeout: float = 60) -> str:
 def test_mlflow_ui_lists_the_sweeps_runs_with_metrics_and_curves(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     browser = _browser()
-    run_sweep("sharing-vs-capacity", tmp_path, seeds=1, smoke=True, overrides=TINY | {"log_every": "5"}, num_cpus=2)
+    run_sweep(SweepOptions("sharing-vs-capacity", tmp_path, "smoke", 1, TINY | {"log_every": "5"}, num_cpus=2))
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("modular/sweep/sharing-vs-capacity")
     trials = [r for r in client.search_runs([experiment.experiment_id]) if "trial_id" in r.data.tags]

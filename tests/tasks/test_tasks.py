@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tasks.registry import get_task, register_task, task_names
+from tasks.registry import get_task, register_task
 from tasks.addmul import operation_performed
 from tasks.arithmetic import IGNORE, correct, numbers_from_logits
 
