@@ -40,7 +40,8 @@ from torch import Tensor, nn
 from models.cnn import build_cnn
 from models.fnn import FNN_SIZES, build_fnn
 from models.lstm import build_lstm
-from models.masking import MaskConfig, MaskedModel, ParameterFilter, make_optimizer, masked_model, training_step
+from models.masking import MaskConfig, MaskedModel, ParameterFilter, make_optimizer, training_step
+from models.masking import batching, drawn_on_use
 from models.masking.cpu_memory import keep_freed_cpu_memory
 from models.resnet import build_resnet
 from models.seq2seq_lstm import build_seq2seq_lstm
@@ -165,12 +166,15 @@ def steps_of(family: Family, device: torch.device) -> dict[str, Callable[[], Non
 @contextlib.contextmanager
 def _attention_per_sample():
     """vmap's own per-sample attention instead of models.masking's batched attention."""
-    original = masked_model.batched_attention
-    masked_model.batched_attention = contextlib.nullcontext
+    modules = (batching, drawn_on_use)  # where the masked forwards enter batched attention
+    originals = [module.batched_attention for module in modules]
+    for module in modules:
+        module.batched_attention = contextlib.nullcontext
     try:
         yield
     finally:
-        masked_model.batched_attention = original
+        for module, original in zip(modules, originals):
+            module.batched_attention = original
 
 
 def synchronize(device: torch.device) -> None:
