@@ -17,7 +17,7 @@ class Seq2SeqTransformer(nn.Module):
     tied=True: one embedding for source and target tokens, also used as the output layer's weight
     (one parameter, so a mask over it is one mask); needs input_vocab == output_vocab.
     teacher_forcing=False (forward): only target[:, 0] is read and each step's input is the previous
-    step's argmax, the same contract as models.seq2seq_lstm.Seq2SeqLSTM.
+    step's argmax, the same contract as models.lstm_seq2seq.LSTMSeq2Seq.
     """
 
     def __init__(self, input_vocab: int, output_vocab: int, d_model: int = 128, num_heads: int = 4,

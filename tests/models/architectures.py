@@ -4,7 +4,7 @@ import torch
 import torchvision
 from torch import nn
 
-from models.cnn import build_cnn
+from models.simple_cnn import build_simple_cnn
 from models.fnn import build_fnn
 from models.lstm import build_lstm
 from models.resnet import build_resnet
@@ -38,7 +38,7 @@ def architectures():
             lambda: build_transformer(11, 7, d_model=16, num_heads=2, num_layers=1, feedforward=32),
             lambda b: (torch.randint(0, 11, (b, 5)), torch.randint(0, 7, (b, 4))),
         ),
-        "cnn": (lambda: build_cnn(3, (4, 8), 10).eval(), lambda b: (torch.randn(b, 3, 8, 8),)),
+        "cnn": (lambda: build_simple_cnn(3, (4, 8), 10).eval(), lambda b: (torch.randn(b, 3, 8, 8),)),
         "resnet": (lambda: build_resnet(1, 4, 10).eval(), lambda b: (torch.randn(b, 3, 8, 8),)),
         "unseen": (UnseenModel, lambda b: (torch.randint(0, 13, (b, 6)),)),
         "torchvision-mobilenet": (

@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from models.masking import MaskConfig, MaskedModel, ParameterFilter
-from models.seq2seq_lstm import build_seq2seq_lstm
+from models.lstm_seq2seq import build_lstm_seq2seq
 from models.transformer import build_transformer
 from tests.models.reference import masked_forward_reference
 
 BUILDERS = {
-    "lstm-seq2seq": lambda: build_seq2seq_lstm(15, 9, embedding_size=4, hidden=8, dropout=0.0),
+    "lstm-seq2seq": lambda: build_lstm_seq2seq(15, 9, embedding_size=4, hidden=8, dropout=0.0),
     "transformer": lambda: build_transformer(15, 9, d_model=8, num_heads=2, num_layers=1, feedforward=8,
                                              max_length=32),
 }

@@ -38,8 +38,8 @@ class SimpleCNN(nn.Module):
         return self.classifier(self.features(x).mean(dim=(2, 3)))
 
 
-def build_cnn(in_channels: int = 3, channels: tuple[int, ...] = TABLE_2_CHANNELS, num_classes: int = 10,
-              dropout: bool = True) -> SimpleCNN:
+def build_simple_cnn(in_channels: int = 3, channels: tuple[int, ...] = TABLE_2_CHANNELS, num_classes: int = 10,
+                     dropout: bool = True) -> SimpleCNN:
     return SimpleCNN(in_channels, tuple(channels), num_classes, dropout)
 
 
@@ -53,4 +53,4 @@ class SimpleCNNSettings:
 @register_model("simple_cnn", SimpleCNNSettings)
 def simple_cnn(in_channels: int, num_classes: int, channels: tuple[int, ...] = TABLE_2_CHANNELS,
                dropout: bool = True) -> SimpleCNN:
-    return build_cnn(in_channels, channels, num_classes, dropout)
+    return build_simple_cnn(in_channels, channels, num_classes, dropout)
