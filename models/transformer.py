@@ -65,21 +65,6 @@ class Seq2SeqTransformer(nn.Module):
         return self.output_layer(hidden)
 
 
-@torch.no_grad()
-def greedy_decode(model: nn.Module, source: Tensor, start_token: int, steps: int, *inputs: Tensor) -> Tensor:
-    """Decode without teacher forcing: [B, S] source -> [B, steps] predicted tokens.
-
-    Works for any model(source, target_prefix, *inputs) -> [B, T, vocab] logits whose output at t
-    depends on the prefix up to t only; the decoder is re-run on the growing prefix. `inputs` are
-    passed on unchanged (e.g. the source padding mask of Seq2SeqTransformer).
-    """
-    prefix = torch.full((source.shape[0], 1), start_token, dtype=torch.long, device=source.device)
-    for _ in range(steps):
-        next_token = model(source, prefix, *inputs)[:, -1].argmax(-1, keepdim=True)
-        prefix = torch.cat([prefix, next_token], 1)
-    return prefix[:, 1:]
-
-
 def _sinusoidal_positions(length: int, d_model: int) -> Tensor:
     """[length, d_model] fixed sinusoidal position encodings."""
     position = torch.arange(length).unsqueeze(1)
