@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from models.lstm import LSTMLayer
-from models.registry import register_model
+from models.registry import ExampleInput, ModelExample, register_model
 
 State = list[tuple[Tensor, Tensor]]  # per layer (hidden [B, H], cell [B, H])
 
@@ -84,7 +84,12 @@ class LSTMSeq2SeqSettings:
     dropout: float = 0.5
 
 
-@register_model("lstm-seq2seq", LSTMSeq2SeqSettings)
+EXAMPLE = ModelExample(dims={"input_vocab": 15, "output_vocab": 9},
+                       settings={"embedding_size": 4, "hidden": 8, "dropout": 0.0},
+                       inputs=(ExampleInput(("batch", 6), "input_vocab"), ExampleInput(("batch", 5), "output_vocab")))
+
+
+@register_model("lstm-seq2seq", LSTMSeq2SeqSettings, EXAMPLE)
 def build_lstm_seq2seq(input_vocab: int, output_vocab: int, embedding_size: int = 16, hidden: int = 200,
                        num_layers: int = 2, dropout: float = 0.5) -> LSTMSeq2Seq:
     return LSTMSeq2Seq(input_vocab, output_vocab, embedding_size, hidden, num_layers, dropout)

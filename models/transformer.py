@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from models.registry import register_model
+from models.registry import ExampleInput, ModelExample, register_model
 
 
 class Seq2SeqTransformer(nn.Module):
@@ -94,4 +94,8 @@ class TransformerSettings:
     max_length: int = 512
 
 
-register_model("transformer", TransformerSettings)(build_transformer)
+EXAMPLE = ModelExample(dims={"input_vocab": 11, "output_vocab": 7},
+                       settings={"d_model": 16, "num_heads": 2, "num_layers": 1, "feedforward": 32},
+                       inputs=(ExampleInput(("batch", 5), "input_vocab"), ExampleInput(("batch", 4), "output_vocab")))
+
+register_model("transformer", TransformerSettings, EXAMPLE)(build_transformer)

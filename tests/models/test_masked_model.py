@@ -155,7 +155,7 @@ def test_bad_settings_raise_clear_errors(make, message):
 
 
 @pytest.mark.slow  # compiles kernels: seconds
-@pytest.mark.parametrize("name", ["fnn", "cnn", "lstm"])
+@pytest.mark.parametrize("name", ["fnn", "simple_cnn", "lstm"])
 def test_fused_in_kernel_noise_equals_the_reference_with_the_same_uniforms(name):
     """The fused path draws its noise from a key inside compiled kernels; materialising the same
     uniforms and running the per-sample reference gives the same outputs and gradients."""
