@@ -20,7 +20,7 @@ import time
 import torch
 from torch import nn
 
-from models.cnn import build_cnn
+from models.simple_cnn import build_simple_cnn
 from models.fnn import FNN_SIZES, build_fnn
 from models.lstm import build_lstm
 from models.masking import MaskConfig, MaskedModel, make_optimizer, training_step
@@ -58,7 +58,7 @@ def workloads() -> dict:
         "lstm (models/lstm.py) hidden 128, T 8, batch 128": lambda: _classification(
             build_lstm(42, 128, 20).eval(), (torch.randn(128, 8, 42),), 20),
         "cnn 32,64,128, 16x16 images, batch 64": lambda: _classification(
-            build_cnn(3, (32, 64, 128), 10).eval(), (torch.randn(64, 3, 16, 16),), 10),
+            build_simple_cnn(3, (32, 64, 128), 10).eval(), (torch.randn(64, 3, 16, 16),), 10),
         "transformer d 64, 2+2 layers, lengths 12/10, batch 64": lambda: _classification(
             build_transformer(20, 20, d_model=64, num_heads=4, num_layers=2, feedforward=128).eval(),
             (torch.randint(0, 20, (64, 12)), torch.randint(0, 20, (64, 10))), 20),

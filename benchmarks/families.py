@@ -37,13 +37,14 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from models.cnn import build_cnn
+from models.simple_cnn import build_simple_cnn
 from models.fnn import FNN_SIZES, build_fnn
 from models.lstm import build_lstm
-from models.masking import MaskConfig, MaskedModel, ParameterFilter, make_optimizer, masked_model, training_step
+from models.masking import MaskConfig, MaskedModel, ParameterFilter, make_optimizer, training_step
+from models.masking import batching, drawn_on_use
 from models.masking.cpu_memory import keep_freed_cpu_memory
 from models.resnet import build_resnet
-from models.seq2seq_lstm import build_seq2seq_lstm
+from models.lstm_seq2seq import build_lstm_seq2seq
 from models.transformer import build_transformer
 
 
@@ -109,7 +110,7 @@ def families(resnet_blocks: int) -> dict[str, Family]:
                       _arithmetic_batch(128, None), _digit_loss, 128, 4),
         "lstm": Family("LSTM 256 x 2 layers (add/mul, 3 steps)", lambda: build_lstm(42, 256, 20, num_layers=2),
                        _arithmetic_batch(128, 3), _lstm_loss, 128, 4),
-        "scan-lstm": Family("SCAN LSTM 2+2 x 200 (S 9, T 49)", lambda: build_seq2seq_lstm(15, 9),
+        "scan-lstm": Family("SCAN LSTM 2+2 x 200 (S 9, T 49)", lambda: build_lstm_seq2seq(15, 9),
                             _sequence_batch(256, 9, 49, 15, 9), _sequence_loss, 256, 4, clip=5.0, embeddings=False),
         "scan-transformer": Family("SCAN Transformer d 100, 3+3 (S 9, T 49)",
                                    lambda: build_transformer(15, 9, d_model=100, num_heads=4, num_layers=3,
@@ -120,7 +121,7 @@ def families(resnet_blocks: int) -> dict[str, Family]:
                                    lambda: build_transformer(98, 98, d_model=256, num_heads=4, num_layers=3,
                                                              feedforward=512, tied=True),
                                    _sequence_batch(256, 40, 12, 98, 98), _sequence_loss, 256, 8, attention=True),
-        "cnn": Family("simple CNN 32-64-128-256 (CIFAR-10)", lambda: build_cnn(), _image_batch(128), ce, 128, 4),
+        "cnn": Family("simple CNN 32-64-128-256 (CIFAR-10)", lambda: build_simple_cnn(), _image_batch(128), ce, 128, 4),
         "resnet": Family(f"ResNet-{6 * resnet_blocks + 2} (CIFAR-10)", lambda: build_resnet(resnet_blocks),
                          _image_batch(256), ce, 256, 4),
     }
@@ -165,12 +166,15 @@ def steps_of(family: Family, device: torch.device) -> dict[str, Callable[[], Non
 @contextlib.contextmanager
 def _attention_per_sample():
     """vmap's own per-sample attention instead of models.masking's batched attention."""
-    original = masked_model.batched_attention
-    masked_model.batched_attention = contextlib.nullcontext
+    modules = (batching, drawn_on_use)  # where the masked forwards enter batched attention
+    originals = [module.batched_attention for module in modules]
+    for module in modules:
+        module.batched_attention = contextlib.nullcontext
     try:
         yield
     finally:
-        masked_model.batched_attention = original
+        for module, original in zip(modules, originals):
+            module.batched_attention = original
 
 
 def synchronize(device: torch.device) -> None:

@@ -31,8 +31,8 @@ from benchmarks import families as family_table  # noqa: E402
 from benchmarks import packed_masks  # noqa: E402
 from models.fnn import build_fnn  # noqa: E402
 from models.masking import MaskConfig, MaskedModel, make_optimizer, training_step  # noqa: E402
-from models.masking.masked_model import fused_kernels_error  # noqa: E402
-from models.masking.sampling import keyed_masked_weight_samples  # noqa: E402
+from models.masking.fused_fallback import fused_kernels_error  # noqa: E402
+from models.masking.fused_sampling import keyed_masked_weight_samples  # noqa: E402
 
 ROWS: list[tuple[str, str, str]] = []  # (section, item, result)
 

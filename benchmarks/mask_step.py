@@ -35,7 +35,8 @@ from torch import nn
 from models.fnn import FNN_SIZES, build_fnn
 from models.masking import MaskConfig, MaskedModel, make_optimizer, training_step
 from models.masking.cpu_memory import keep_freed_cpu_memory
-from models.masking.sampling import draw_keys, keyed_masked_weight_samples
+from models.masking.counter_noise import draw_keys
+from models.masking.fused_sampling import keyed_masked_weight_samples
 
 BATCH, INPUTS, OUTPUTS = 128, 42, 20
 FLOAT_BYTES = 4

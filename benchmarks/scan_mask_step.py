@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from models.masking import MaskConfig, MaskedModel, ParameterFilter, make_optimizer, training_step
-from models.seq2seq_lstm import build_seq2seq_lstm
+from models.lstm_seq2seq import build_lstm_seq2seq
 from tasks.scan import ScanTask
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -40,9 +40,9 @@ def main() -> None:
     task = ScanTask(data_dir=args.data_dir)
     batch = task.sample("simple", args.batch, torch.Generator().manual_seed(0))._replace(teacher_forcing=True)
 
-    plain_model = build_seq2seq_lstm(task.dims["input_vocab"], task.dims["output_vocab"], hidden=args.hidden).eval()
+    plain_model = build_lstm_seq2seq(task.dims["input_vocab"], task.dims["output_vocab"], hidden=args.hidden).eval()
     plain_optimizer = torch.optim.Adam(plain_model.parameters())
-    masked = MaskedModel(build_seq2seq_lstm(task.dims["input_vocab"], task.dims["output_vocab"],
+    masked = MaskedModel(build_lstm_seq2seq(task.dims["input_vocab"], task.dims["output_vocab"],
                                             hidden=args.hidden).eval(),
                          MaskConfig.from_beta(3e-5, args.batch, num_samples=4),
                          ParameterFilter(biases=False, embeddings=False), fused=args.fused)

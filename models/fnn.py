@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from models.registry import register_model
+from models.registry import ExampleInput, ModelExample, register_model
 
 # Hidden sizes of the paper's add/mul networks (Fig. 9).
 FNN_SIZES = {
@@ -56,6 +56,10 @@ class FNNSettings:
     size: str = "small"  # a name of FNN_SIZES, or hidden sizes "800,800"
 
 
-@register_model("fnn", FNNSettings)
+EXAMPLE = ModelExample(dims={"input_size": 42, "output_size": 20}, settings={"size": "16,12"},
+                       inputs=(ExampleInput(("batch", "input_size")),))
+
+
+@register_model("fnn", FNNSettings, EXAMPLE)
 def fnn(input_size: int, output_size: int, size: str = "small") -> FeedForward:
     return build_fnn(input_size, hidden_sizes(size), output_size)

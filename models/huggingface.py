@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from models.registry import register_model
+from models.registry import ExampleInput, ModelExample, register_model
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,13 @@ class HuggingFaceSettings:
     attention: str = "eager"  # transformers' attn_implementation; "eager" is the one vmap can batch with padding
 
 
-@register_model("huggingface", HuggingFaceSettings)
+EXAMPLE = ModelExample(
+    dims={"vocab_size": 30, "num_labels": 0, "pad_token_id": 0, "max_length": 16},
+    settings={"settings": "n_layer=1,n_embd=16,n_head=2,n_positions=16,embd_pdrop=0,resid_pdrop=0,attn_pdrop=0"},
+    inputs=(ExampleInput(("batch", 9), "vocab_size"), ExampleInput(("batch", 9), fill=1)), needs=("transformers",))
+
+
+@register_model("huggingface", HuggingFaceSettings, EXAMPLE)
 def huggingface(vocab_size: int, num_labels: int, pad_token_id: int, max_length: int, config: str = "gpt2",
                 settings: str = "", pretrained: str = "", head: str = "auto", attention: str = "eager") -> TextModel:
     """The model for a text task with a tokenizer of `vocab_size` tokens, `num_labels` classes (0:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from models.registry import register_model
+from models.registry import ExampleInput, ModelExample, register_model
 
 
 class LSTMLayer(nn.Module):
@@ -77,7 +77,11 @@ class LSTMSettings:
     layers: int = 2
 
 
-@register_model("lstm", LSTMSettings)
+EXAMPLE = ModelExample(dims={"input_size": 42, "output_size": 20}, settings={"hidden": 16, "layers": 1},
+                       inputs=(ExampleInput(("batch", 3, "input_size")),))
+
+
+@register_model("lstm", LSTMSettings, EXAMPLE)
 def lstm(input_size: int, output_size: int, hidden: int = 256, layers: int = 2) -> LSTMClassifier:
     if layers < 1:
         raise ValueError(f"model.layers must be at least 1, got {layers}")

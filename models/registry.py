@@ -1,9 +1,11 @@
 """Model families by name: one builder each, with its own typed, frozen settings.
 
-A family is registered with `@register_model("name", Settings)` on its builder. The builder is
-called as `builder(**dims, **settings)`, where `dims` are the sizes a task provides (input_size,
-output_size, vocabularies, ...). A builder given as an import path ("mypkg.nets:build") is a
-family too: its settings are its keyword parameters that have defaults and annotations.
+A family is registered with `@register_model("name", Settings, example)` on its builder. The builder
+is called as `builder(**dims, **settings)`, where `dims` are the sizes a task provides (input_size,
+output_size, vocabularies, ...). The example is a small instance and a batch it takes, as data, so
+that tests run every registered family without a list of them. A builder given as an import path
+("mypkg.nets:build") is a family too: its settings are its keyword parameters that have defaults and
+annotations.
 """
 
 from __future__ import annotations
@@ -20,17 +22,41 @@ from models.common import Registry
 
 
 @dataclass(frozen=True)
+class ExampleInput:
+    """One positional input of an example batch. shape: ints, names of the example's dims, and "batch"
+    where the batch size goes. Real numbers, unless `vocabulary` names the dim whose size bounds an
+    input of token ids, or `fill` is the one integer every entry holds (an attention mask of ones)."""
+
+    shape: tuple[int | str, ...]
+    vocabulary: str | None = None
+    fill: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelExample:
+    """A small instance of a family and the batch it takes (as transformers' `dummy_inputs`): the sizes
+    a task would provide, settings that make the model small and deterministic (no dropout), replacing
+    the defaults, and the positional inputs."""
+
+    dims: dict[str, int]
+    inputs: tuple[ExampleInput, ...]
+    settings: dict[str, object] = dataclasses.field(default_factory=dict)
+    needs: tuple[str, ...] = ()  # optional packages the builder imports
+
+
+@dataclass(frozen=True)
 class ModelFamily:
     name: str
     builder: Callable[..., nn.Module]
     settings: type  # a frozen dataclass whose first field is `builder`
     dims: tuple[str, ...]  # the task sizes the builder takes
+    example: ModelExample | None = None
 
 
 _FAMILIES = Registry("model family", package="models", group="modular_masks.models")
 
 
-def register_model(name: str, settings: type):
+def register_model(name: str, settings: type, example: ModelExample | None = None):
     """Decorator on a builder `build(*dims, **settings)`; duplicate names are an error."""
 
     def decorate(builder):
@@ -38,10 +64,23 @@ def register_model(name: str, settings: type):
         if "builder" not in fields:
             raise TypeError(f"settings of model family {name!r} need a `builder` field")
         dims = tuple(p for p in inspect.signature(builder).parameters if p not in fields)
-        _FAMILIES.register(name)(ModelFamily(name, builder, settings, dims))
+        if example is not None:
+            _check_example(name, example, dims, fields)
+        _FAMILIES.register(name)(ModelFamily(name, builder, settings, dims, example))
         return builder
 
     return decorate
+
+
+def _check_example(name: str, example: ModelExample, dims: tuple[str, ...], fields: set[str]) -> None:
+    """The example must give exactly the builder's dims and only settings the family has."""
+    if set(example.dims) != set(dims):
+        raise TypeError(f"the example of model family {name!r} gives the dims {', '.join(example.dims)}; its builder "
+                        f"takes {', '.join(dims)}")
+    unknown = set(example.settings) - fields
+    if unknown:
+        raise TypeError(f"the example of model family {name!r} sets {', '.join(sorted(unknown))}, which are not "
+                        f"settings of the family")
 
 
 def model_family(name: str) -> ModelFamily:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from models.registry import register_model
+from models.registry import ExampleInput, ModelExample, register_model
 
 
 class BasicBlock(nn.Module):
@@ -62,6 +62,10 @@ class ResNetSettings:
     width: int = 16
 
 
-@register_model("resnet", ResNetSettings)
+EXAMPLE = ModelExample(dims={"in_channels": 3, "num_classes": 10}, settings={"blocks_per_stage": 1, "width": 4},
+                       inputs=(ExampleInput(("batch", "in_channels", 8, 8)),))
+
+
+@register_model("resnet", ResNetSettings, EXAMPLE)
 def resnet(in_channels: int, num_classes: int, blocks_per_stage: int = 18, width: int = 16) -> ResNet:
     return build_resnet(blocks_per_stage, width, num_classes, in_channels)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from models.registry import register_model
+from models.registry import ExampleInput, ModelExample, register_model
 
 
 class Seq2SeqTransformer(nn.Module):
@@ -17,7 +17,7 @@ class Seq2SeqTransformer(nn.Module):
     tied=True: one embedding for source and target tokens, also used as the output layer's weight
     (one parameter, so a mask over it is one mask); needs input_vocab == output_vocab.
     teacher_forcing=False (forward): only target[:, 0] is read and each step's input is the previous
-    step's argmax, the same contract as models.seq2seq_lstm.Seq2SeqLSTM.
+    step's argmax, the same contract as models.lstm_seq2seq.LSTMSeq2Seq.
     """
 
     def __init__(self, input_vocab: int, output_vocab: int, d_model: int = 128, num_heads: int = 4,
@@ -65,21 +65,6 @@ class Seq2SeqTransformer(nn.Module):
         return self.output_layer(hidden)
 
 
-@torch.no_grad()
-def greedy_decode(model: nn.Module, source: Tensor, start_token: int, steps: int, *inputs: Tensor) -> Tensor:
-    """Decode without teacher forcing: [B, S] source -> [B, steps] predicted tokens.
-
-    Works for any model(source, target_prefix, *inputs) -> [B, T, vocab] logits whose output at t
-    depends on the prefix up to t only; the decoder is re-run on the growing prefix. `inputs` are
-    passed on unchanged (e.g. the source padding mask of Seq2SeqTransformer).
-    """
-    prefix = torch.full((source.shape[0], 1), start_token, dtype=torch.long, device=source.device)
-    for _ in range(steps):
-        next_token = model(source, prefix, *inputs)[:, -1].argmax(-1, keepdim=True)
-        prefix = torch.cat([prefix, next_token], 1)
-    return prefix[:, 1:]
-
-
 def _sinusoidal_positions(length: int, d_model: int) -> Tensor:
     """[length, d_model] fixed sinusoidal position encodings."""
     position = torch.arange(length).unsqueeze(1)
@@ -109,4 +94,8 @@ class TransformerSettings:
     max_length: int = 512
 
 
-register_model("transformer", TransformerSettings)(build_transformer)
+EXAMPLE = ModelExample(dims={"input_vocab": 11, "output_vocab": 7},
+                       settings={"d_model": 16, "num_heads": 2, "num_layers": 1, "feedforward": 32},
+                       inputs=(ExampleInput(("batch", 5), "input_vocab"), ExampleInput(("batch", 4), "output_vocab")))
+
+register_model("transformer", TransformerSettings, EXAMPLE)(build_transformer)

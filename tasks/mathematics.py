@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from models.transformer import greedy_decode
 from models.common import suggest
 from tasks.registry import register_task
 
@@ -223,3 +222,18 @@ class MathematicsTask:
             raise ValueError(f"the mathematics task has no split {split!r}{suggest(split, splits)}; "
                              f"choose one of {', '.join(splits)}")
         return splits[split]
+
+
+@torch.no_grad()
+def greedy_decode(model: nn.Module, source: Tensor, start_token: int, steps: int, *inputs: Tensor) -> Tensor:
+    """Decode without teacher forcing: [B, S] source -> [B, steps] predicted tokens.
+
+    Through the model's forward alone, as `loss` calls it: model(source, target_prefix, *inputs) ->
+    [B, T, vocab] logits, whose output at t depends on the prefix up to t only (a causal decoder); the
+    model is re-run on the growing prefix. `inputs` are passed on unchanged (the source padding mask).
+    """
+    prefix = torch.full((source.shape[0], 1), start_token, dtype=torch.long, device=source.device)
+    for _ in range(steps):
+        next_token = model(source, prefix, *inputs)[:, -1].argmax(-1, keepdim=True)
+        prefix = torch.cat([prefix, next_token], 1)
+    return prefix[:, 1:]

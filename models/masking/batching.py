@@ -12,8 +12,10 @@ from collections.abc import Callable, Hashable
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
+from torch.func import functional_call, vmap
 from torch.utils._pytree import keystr, tree_flatten, tree_flatten_with_path, tree_map, tree_unflatten
+
+from models.masking.attention import batched_attention
 
 # -- inputs ---------------------------------------------------------------------------------------
 
@@ -71,6 +73,35 @@ def buffer_copies(model: nn.Module, num_samples: int) -> tuple[dict[str, Tensor]
         else:
             shared[name] = buffer.detach().clone()
     return per_sample, shared
+
+
+# -- running the samples --------------------------------------------------------------------------
+
+
+def run_vmapped(model: nn.Module, per_sample: dict, shared: dict, sliced: list, options: dict):
+    """The model vmapped over the leading dimension N of `per_sample` ([N, *S] tensors by name, e.g.
+    masked weights) and of every tensor in `sliced` ([N, ...] inputs): a tree of [N, ...] outputs.
+    `shared` holds the tensors every sample uses. N is K, or M·K for a pack of M masks."""
+    num_samples = next(iter(per_sample.values())).shape[0]
+    per_sample_buffers, shared_buffers = buffer_copies(model, num_samples)
+
+    def one_sample(per_sample_k, buffers_k, *inputs_k):
+        tensors = {**shared, **shared_buffers, **buffers_k, **per_sample_k}
+        return functional_call(model, tensors, inputs_k, options, strict=False)
+
+    in_dims = (0, 0, *tree_map(lambda x: 0 if torch.is_tensor(x) else None, sliced))
+    with batched_attention():  # attention as one call over the N samples, not N (models/masking/attention.py)
+        return vmap(one_sample, in_dims=in_dims, randomness="different")(per_sample, per_sample_buffers, *sliced)
+
+
+def run_looped(model: nn.Module, per_sample: dict, shared: dict, sliced: list, options: dict, num_samples: int):
+    """K calls of the model, one per sample, on what run_vmapped takes: a tree of [K, ...] outputs."""
+    per_sample_buffers, shared_buffers = buffer_copies(model, num_samples)
+    outputs = []
+    for k in range(num_samples):
+        tensors = {**shared, **shared_buffers, **sample(per_sample_buffers, k), **sample(per_sample, k)}
+        outputs.append(functional_call(model, tensors, tuple(sample(sliced, k)), options, strict=False))
+    return stack_samples(outputs)
 
 
 # -- outputs --------------------------------------------------------------------------------------

@@ -2,44 +2,40 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
-import threading
-from collections import Counter
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import tree_flatten
 
-from models.masking.attention import batched_attention
 from models.masking.batching import (
     any_requires_grad,
     attention_fast_path_disabled,
-    buffer_copies,
     join_samples,
     non_differentiable_operation,
     output_batch_dims,
     random_state_snapshot,
+    run_looped,
+    run_vmapped,
     sample,
     shape_signature,
     split_inputs,
-    stack_samples,
     whole_batch_output_shapes,
 )
 from models.masking.config import MaskConfig, ParameterFilter
-from models.masking.masks import Masks
-from models.masking.sampling import (
-    draw_keys,
+from models.masking.counter_noise import draw_keys
+from models.masking.drawn_on_use import run_drawn_on_use
+from models.masking.fused_fallback import describe, fused_kernels_error, is_compile_failure
+from models.masking.fused_sampling import (
     fits_one_pack_kernel,
-    RecomputedStacks,
     keyed_masked_weight_sample,
     keyed_masked_weight_samples,
-    masked_weight_samples,
-    masked_weight_samples_reference,
-    sample_uniforms,
+    new_logits,
 )
+from models.masking.masks import Masks
+from models.masking.recomputed_stacks import RecomputedStacks
+from models.masking.sampling import masked_weight_samples, sample_uniforms
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +75,7 @@ class MaskedModel(nn.Module):
     recompute=True (fused path, outside a pack; None, the default: where the K stacks of all masked
     weights take at least RECOMPUTE_FROM_BYTES, 1 GiB): the [K, *S] masked weight stacks that the
     model's layers save for their backward pass are drawn again there from their noise keys instead of being
-    kept (sampling.RecomputedStacks), and on the batched path each stack is drawn when the module
+    kept (recomputed_stacks.RecomputedStacks), and on the batched path each stack is drawn when the module
     that owns the parameter runs rather than all before the forward pass, so that about one layer's
     stack exists at a time: the same gradients, bit for bit, for one more forward kernel per masked
     weight and step. Outside its owner's forward a masked parameter then holds a placeholder on
@@ -110,7 +106,7 @@ class MaskedModel(nn.Module):
         self.config = config
         self.names = parameter_filter.select(model)
         params = dict(model.named_parameters())
-        self.logits = nn.ParameterList(nn.Parameter(_new_logits(params[n], config.initial_logit)) for n in self.names)
+        self.logits = nn.ParameterList(nn.Parameter(new_logits(params[n], config.initial_logit)) for n in self.names)
         self._weight_cache: dict[str, tuple] = {}
         self.train_weights = train_weights
         model.requires_grad_(train_weights)
@@ -153,7 +149,7 @@ class MaskedModel(nn.Module):
         return params
 
     def _matrix_layout(self, name: str, weight: Tensor) -> Tensor:
-        """A frozen matrix as a transposed view of a contiguous copy, made once (see _new_logits)."""
+        """A frozen matrix as a transposed view of a contiguous copy, made once (see fused_sampling.new_logits)."""
         if name not in self.names or weight.dim() != 2:
             return weight
         stamp = (weight.data_ptr(), weight._version, weight.device)
@@ -208,9 +204,9 @@ class MaskedModel(nn.Module):
             try:
                 return self.forward_with_keys(keys, *inputs, **options)
             except Exception as error:  # a kernel the check did not compile (another rank) failing to compile
-                if not _is_compile_failure(error):
+                if not is_compile_failure(error):
                     raise
-                self._fall_back_to_eager(_describe(error))
+                self._fall_back_to_eager(describe(error))
         return self.forward_with_uniforms(self.sample_uniforms(), *inputs, **options)
 
     def _check_fused_kernels(self) -> None:
@@ -267,35 +263,20 @@ class MaskedModel(nn.Module):
         return None
 
     def _run_drawn_on_use(self, keys: list[Tensor], inputs: tuple, options: dict):
-        with RecomputedStacks().saving() as recomputed:
-            return self._run_lazily(keys, inputs, options, recomputed)
-
-    def _run_lazily(self, keys: list[Tensor], inputs: tuple, options: dict, recomputed: RecomputedStacks):
         """The batched forward with each masked parameter's [K, *S] stack drawn when the module that
-        owns it runs (a forward pre-hook puts the sample in, a forward hook takes it out)."""
-        K, temperature = self.config.num_samples, self.config.temperature
-        weights = self.effective_weights()
-        params = dict(self.model.named_parameters())
-        index_of = {id(params[name]): i for i, name in enumerate(self.names)}
-        shared = {n: w for n, w in weights.items() if id(params[n]) not in index_of}
-        per_sample_buffers, shared_buffers = buffer_copies(self.model, K)
-        sliced = self._slice(inputs)
+        owns it runs (models/masking/drawn_on_use.py), and drawn again in backward."""
+        with RecomputedStacks().saving() as recomputed:
+            weights, temperature = self.effective_weights(), self.config.temperature
 
-        def one_sample(index, buffers_k, *inputs_k):
-            def draw(i: int) -> Tensor:
-                return keyed_masked_weight_sample(weights[self.names[i]], self.logits[i], keys[i], index, temperature,
+            def draw(i: int, number: Tensor) -> Tensor:
+                return keyed_masked_weight_sample(weights[self.names[i]], self.logits[i], keys[i], number, temperature,
                                                   recomputed)
 
-            with parameters_drawn_on_use(self.model, index_of, draw):
-                return functional_call(self.model, {**shared, **shared_buffers, **buffers_k}, inputs_k, options,
-                                       strict=False)
-
-        in_dims = (0, 0, *tree_map(lambda x: 0 if torch.is_tensor(x) else None, sliced))
-        index = torch.arange(K, device=self.logits[0].device)
-        with attention_fast_path_disabled():
-            with batched_attention():  # as in run_vmapped
-                outputs = vmap(one_sample, in_dims=in_dims, randomness="different")(index, per_sample_buffers, *sliced)
-            return self._joined(outputs, inputs, options)
+            samples = torch.arange(self.config.num_samples, device=self.logits[0].device)
+            sliced = self._slice(inputs)
+            with attention_fast_path_disabled():
+                outputs = run_drawn_on_use(self.model, weights, self.names, draw, samples, sliced, options)
+                return self._joined(outputs, inputs, options)
 
     def keyed_stacks(self, keys: list[Tensor], recomputed: RecomputedStacks | None = None) -> tuple[dict, dict]:
         """({name: [K, *S] masked weights}, {name: unmasked parameter}) for the fused path's keys;
@@ -317,28 +298,20 @@ class MaskedModel(nn.Module):
             lambda weight, logit, i: masked_weight_samples(weight, logit, uniforms[i], self.config.temperature))
         return self._run_samples(stacked, shared, inputs, options)
 
-    def forward_reference(self, uniforms: list[Tensor], *inputs, **options):
-        """Per-sample loop with the paper's eq. 1-2 written out: the reference for tests."""
-        self._check_noise(uniforms)
-        stacked, shared = self._masked_weight_stacks(
-            lambda weight, logit, i: masked_weight_samples_reference(weight, logit, uniforms[i],
-                                                                     self.config.temperature))
-        return self._run_samples(stacked, shared, inputs, options, looped=True)
-
     def _check_noise(self, uniforms: list[Tensor]) -> None:
         if len(uniforms) != len(self.names):
             raise ValueError(f"expected {len(self.names)} uniform tensors, got {len(uniforms)}")
 
-    def _run_samples(self, stacked: dict, shared: dict, inputs: tuple, options: dict, looped: bool = False):
+    def _run_samples(self, stacked: dict, shared: dict, inputs: tuple, options: dict):
         """The model's own outputs for the whole batch, slice k computed with mask sample k."""
         with attention_fast_path_disabled():
             sliced = self._slice(inputs)
-            if looped or not self.batched:
-                outputs = self._looped(stacked, shared, sliced, options)
+            if not self.batched:
+                outputs = run_looped(self.model, stacked, shared, sliced, options, self.config.num_samples)
             elif self._vmap_verified and self.pack is not None:
                 outputs = self.pack.forward(self, stacked, shared, sliced, options)
             elif self._vmap_verified:
-                outputs = self.run_vmapped(stacked, shared, sliced, options)
+                outputs = run_vmapped(self.model, stacked, shared, sliced, options)
             else:
                 outputs = self._first_batched(stacked, shared, sliced, options)
             return self._joined(outputs, inputs, options)
@@ -353,7 +326,7 @@ class MaskedModel(nn.Module):
         """
         restore_random_state = random_state_snapshot(self.logits[0].device)
         try:
-            outputs = self.run_vmapped(stacked, shared, sliced, options)
+            outputs = run_vmapped(self.model, stacked, shared, sliced, options)
             reason = non_differentiable_operation(outputs)
         except Exception as error:  # broad on purpose: the loop below tells the module's failure from the caller's
             reason = f"{type(error).__name__}: {error}"
@@ -361,7 +334,7 @@ class MaskedModel(nn.Module):
             self._vmap_verified = any_requires_grad(outputs)
             return outputs
         restore_random_state()  # the failed attempt's dropout must not shift the loop's noise
-        outputs = self._looped(stacked, shared, sliced, options)
+        outputs = run_looped(self.model, stacked, shared, sliced, options, self.config.num_samples)
         log.warning("vmap cannot batch %s (%s); its K mask samples run in a per-sample loop from now on",
                     type(self.model).__name__, reason)
         self.batched = False
@@ -378,30 +351,6 @@ class MaskedModel(nn.Module):
     def _slice(self, inputs: tuple) -> list:
         return split_inputs(inputs, self.batch_dims, self.config.num_samples)
 
-    def run_vmapped(self, stacked: dict, shared: dict, sliced: list, options: dict):
-        """The model vmapped over the leading dimension N of `stacked` ([N, *S] masked weights) and
-        of every tensor in `sliced` ([N, ...] inputs): a tree of [N, ...] outputs. N is K, or M·K
-        for a pack of M masks."""
-        num_samples = next(iter(stacked.values())).shape[0]
-        per_sample_buffers, shared_buffers = buffer_copies(self.model, num_samples)
-
-        def one_sample(stacked_k, buffers_k, *inputs_k):
-            tensors = {**shared, **shared_buffers, **buffers_k, **stacked_k}
-            return functional_call(self.model, tensors, inputs_k, options, strict=False)
-
-        in_dims = (0, 0, *tree_map(lambda x: 0 if torch.is_tensor(x) else None, sliced))
-        with batched_attention():  # attention as one call over the N samples, not N (models/masking/attention.py)
-            return vmap(one_sample, in_dims=in_dims, randomness="different")(stacked, per_sample_buffers, *sliced)
-
-    def _looped(self, stacked: dict, shared: dict, sliced: list, options: dict):
-        """K calls of the model, one per sample: a tree of [K, ...] outputs."""
-        per_sample_buffers, shared_buffers = buffer_copies(self.model, self.config.num_samples)
-        outputs = []
-        for k in range(self.config.num_samples):
-            tensors = {**shared, **shared_buffers, **sample(per_sample_buffers, k), **sample(stacked, k)}
-            outputs.append(functional_call(self.model, tensors, tuple(sample(sliced, k)), options, strict=False))
-        return stack_samples(outputs)
-
     def _joined(self, outputs, inputs: tuple, options: dict):
         """A tree of [K, ...] per-sample outputs -> the model's own outputs for the whole batch."""
         if self.config.num_samples == 1:
@@ -417,128 +366,3 @@ class MaskedModel(nn.Module):
                 self._output_batch_dims[signature] = dims
         return join_samples(outputs, dims)
 
-
-@contextlib.contextmanager
-def parameters_drawn_on_use(model: nn.Module, index_of: dict[int, int], draw):
-    """While inside: each module that owns a parameter p with id(p) in index_of sees draw(index_of[id(p)])
-    in its place during its forward (and p again after it). A parameter owned by several modules (tied
-    weights) is drawn once and shared; one whose module runs more than once (a recurrent cell) is
-    kept from its second draw on."""
-    owners = Counter(id(p) for m in model.modules() for p in m._parameters.values() if p is not None)
-    shared: dict[int, Tensor] = {}
-    drawn: set[int] = set()
-    handles, placed = [], []
-    for module in model.modules():
-        owned = [(attr, p) for attr, p in module._parameters.items() if p is not None and id(p) in index_of]
-        if not owned:
-            continue
-        for attr, p in owned:  # any use outside the owner's forward fails
-            module._parameters[attr] = _OutsideItsModule(p)
-            placed.append((module, attr, p))
-
-        def put_in(mod, args, owned=owned):
-            for attr, p in owned:
-                value = shared.get(id(p))
-                if value is None:
-                    value = draw(index_of[id(p)])
-                    if owners[id(p)] > 1 or id(p) in drawn:  # tied, or a module run again (a recurrent step)
-                        shared[id(p)] = value
-                    drawn.add(id(p))
-                mod._parameters[attr] = value
-
-        def take_out(mod, args, output, owned=owned):
-            for attr, p in owned:
-                mod._parameters[attr] = _OutsideItsModule(p)
-
-        handles += [module.register_forward_pre_hook(put_in), module.register_forward_hook(take_out, always_call=True)]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, attr, p in placed:
-            module._parameters[attr] = p
-
-
-class _OutsideItsModule(Tensor):
-    """Stands for a masked parameter outside the forward of the module that owns it, while its stacks
-    are drawn on use: shape, dtype and device can be read (as the parameter's), any computation raises
-    (that code would otherwise compute with the parameter unmasked)."""
-
-    @staticmethod
-    def __new__(cls, parameter: Tensor):
-        placeholder = Tensor._make_subclass(cls, torch.empty_like(parameter, device="meta"))
-        placeholder.real_device = parameter.device
-        return placeholder
-
-    @classmethod
-    def __torch_function__(cls, func, types, args=(), kwargs=None):
-        if func is Tensor.device.__get__:
-            return args[0].real_device
-        if func in _METADATA:
-            with torch._C.DisableTorchFunctionSubclass():
-                return func(*args, **(kwargs or {}))
-        name = getattr(func, "__name__", str(func))
-        raise RuntimeError(f"{name} used a masked parameter outside the forward of the module that owns it")
-
-
-_METADATA = {Tensor.shape.__get__, Tensor.dtype.__get__, Tensor.ndim.__get__, Tensor.requires_grad.__get__,
-             Tensor.layout.__get__, Tensor.size, Tensor.dim, Tensor.numel, Tensor.is_floating_point,
-             Tensor.is_complex, Tensor.__len__, Tensor.element_size}
-
-
-_kernel_errors: dict[str, str | None] = {}  # device -> why the fused kernels fail there, None if they work
-_kernel_errors_lock = threading.Lock()
-
-
-def fused_kernels_error(device: torch.device) -> str | None:
-    """None if the fused mask kernels compile and run forward and backward on `device`, else the
-    error (and its root cause), one line. Tried once per device and process, on a small matrix and
-    a vector (the compiled graphs have dynamic shapes, so the real tensors reuse them)."""
-    with _kernel_errors_lock:
-        if str(device) not in _kernel_errors:
-            _kernel_errors[str(device)] = _try_fused_kernels(torch.device(device))
-        return _kernel_errors[str(device)]
-
-
-def _try_fused_kernels(device: torch.device) -> str | None:
-    key = torch.tensor([12345, 678], dtype=torch.int32, device=device)  # fixed: no random state drawn
-    try:
-        for shape in ((5, 3), (5,)):
-            weight = torch.ones(shape, device=device)
-            logits = _new_logits(weight, 0.0).requires_grad_()
-            keyed_masked_weight_samples(weight, logits, key, 2).sum().backward()
-            if logits.grad is None or not bool(torch.isfinite(logits.grad).all()):
-                return "the compiled backward gave no finite gradient"
-    except Exception as error:  # any failure to compile or run them means: use the eager path
-        return _describe(error)
-    return None
-
-
-def _is_compile_failure(error: BaseException) -> bool:
-    """Whether torch.compile failed to compile (not a model's or a caller's error)."""
-    from torch._dynamo.exc import BackendCompilerFailed  # dynamo is loaded by then: the kernels went through it
-
-    return isinstance(error, BackendCompilerFailed)
-
-
-def _describe(error: BaseException) -> str:
-    """The error and its root cause, first line each (a compiler's error wraps the real one)."""
-    root, seen = error, set()
-    while id(root) not in seen:  # dynamo keeps the backend's error as inner_exception, not as __cause__
-        seen.add(id(root))
-        root = root.__cause__ or getattr(root, "inner_exception", None) or root
-    text = f"{type(error).__name__}: {_first_line(error)}"
-    return text if root is error else f"{text} caused by {type(root).__name__}: {_first_line(root)}"
-
-
-def _first_line(error: BaseException) -> str:
-    return next((line.strip() for line in str(error).splitlines() if line.strip()), "")[:300]
-
-
-def _new_logits(weight: Tensor, value: float) -> Tensor:
-    """Logits shaped like `weight`; matrices stored transposed, the layout the fused kernels use
-    (a Linear layer consumes W^T, so its gradients arrive transposed)."""
-    if weight.dim() == 2:
-        return torch.full((weight.shape[1], weight.shape[0]), value, device=weight.device).t()
-    return torch.full_like(weight, value, dtype=torch.float32)

@@ -28,7 +28,8 @@ import torch
 from torch import Tensor
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from models.masking.sampling import keyed_masked_weight_pack
+from models.masking.batching import run_vmapped
+from models.masking.fused_sampling import keyed_masked_weight_pack
 
 
 @dataclass(eq=False)
@@ -84,7 +85,7 @@ class MaskPack:
     def forward(self, masked, stacked: dict, shared: dict, sliced: list, options: dict):
         """The member's [K, ...] outputs tree, computed together with the other members' forwards."""
         work = _Forward(masked, sliced, options, _signature(masked, stacked, shared, sliced, options), stacked, shared)
-        return self._submit(_Request("forward", lambda: masked.run_vmapped(stacked, shared, sliced, options),
+        return self._submit(_Request("forward", lambda: run_vmapped(masked.model, stacked, shared, sliced, options),
                                      (work,)))
 
     def keyed_forward(self, masked, keys: list[Tensor], sliced: list, options: dict):
@@ -93,8 +94,11 @@ class MaskPack:
         signature = ("keyed", masked.config.num_samples, masked.config.temperature,
                      *_signature(masked, masked.logits_by_name(), {}, sliced, options))
         work = _Forward(masked, sliced, options, signature, keys=keys)
-        return self._submit(_Request("forward", lambda: masked.run_vmapped(*masked.keyed_stacks(keys), sliced, options),
-                                     (work,)))
+
+        def run():
+            return run_vmapped(masked.model, *masked.keyed_stacks(keys), sliced, options)
+
+        return self._submit(_Request("forward", run, (work,)))
 
     def backward(self, loss: Tensor) -> None:
         """loss.backward(), run together with the other members' backward passes."""
@@ -146,7 +150,7 @@ class MaskPack:
             stacked = {name: _cat_samples([w.stacked[name] for w in works]) for name in first.stacked}
             shared, counts = first.shared, [next(iter(w.stacked.values())).shape[0] for w in works]
         sliced = _concatenate([w.sliced for w in works])
-        outputs = first.masked.run_vmapped(stacked, shared, sliced, first.options)
+        outputs = run_vmapped(first.masked.model, stacked, shared, sliced, first.options)
         leaves, spec = tree_flatten(outputs)
         parts = [x.split(counts) if torch.is_tensor(x) else [x] * len(works) for x in leaves]
         return [tree_unflatten([p[i] for p in parts], spec) for i in range(len(works))]

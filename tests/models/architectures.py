@@ -1,14 +1,47 @@
-"""Small instances of every architecture of the paper, plus models the masking core never saw."""
+"""Small instances of every registered model family, plus models the masking core never saw.
 
+The families come from the model registry, each built from the example it registers (its dims,
+small settings and the inputs of a batch): a new family is covered without an edit here.
+"""
+
+import functools
+
+import pytest
 import torch
 import torchvision
 from torch import nn
 
-from models.cnn import build_cnn
-from models.fnn import build_fnn
-from models.lstm import build_lstm
-from models.resnet import build_resnet
-from models.transformer import build_transformer
+from models.registry import ModelFamily, build_model, model_families, model_settings
+
+
+def example_model(family: ModelFamily) -> nn.Module:
+    """The family's example instance (skipped where an optional package it needs is missing)."""
+    for package in family.example.needs:
+        pytest.importorskip(package)
+    return build_model(model_settings(family.name, **family.example.settings), family.example.dims)
+
+
+def example_batch(family: ModelFamily, batch_size: int) -> tuple:
+    """The positional inputs of the family's example for a batch of `batch_size`: token ids below the
+    size of their vocabulary, a filled integer tensor, or standard normal numbers."""
+    dims = family.example.dims
+    return tuple(_example_input(spec, dims, batch_size) for spec in family.example.inputs)
+
+
+def _example_input(spec, dims: dict, batch_size: int) -> torch.Tensor:
+    shape = tuple(batch_size if size == "batch" else dims[size] if isinstance(size, str) else size
+                  for size in spec.shape)
+    if spec.vocabulary is not None:
+        return torch.randint(0, dims[spec.vocabulary], shape)
+    if spec.fill is not None:
+        return torch.full(shape, spec.fill)
+    return torch.randn(shape)
+
+
+def family_architectures() -> dict:
+    """family name -> (model builder, input builder for a batch of B), for every registered family."""
+    return {name: (functools.partial(example_model, family), functools.partial(example_batch, family))
+            for name, family in model_families().items() if family.example is not None}
 
 
 class UnseenModel(nn.Module):
@@ -30,16 +63,9 @@ class UnseenModel(nn.Module):
 
 
 def architectures():
-    """name -> (model builder, input builder for a batch of B)."""
-    return {
-        "fnn": (lambda: build_fnn(42, (16, 12), 20), lambda b: (torch.randn(b, 42),)),
-        "lstm": (lambda: build_lstm(42, 16, 20), lambda b: (torch.randn(b, 3, 42),)),
-        "transformer": (
-            lambda: build_transformer(11, 7, d_model=16, num_heads=2, num_layers=1, feedforward=32),
-            lambda b: (torch.randint(0, 11, (b, 5)), torch.randint(0, 7, (b, 4))),
-        ),
-        "cnn": (lambda: build_cnn(3, (4, 8), 10).eval(), lambda b: (torch.randn(b, 3, 8, 8),)),
-        "resnet": (lambda: build_resnet(1, 4, 10).eval(), lambda b: (torch.randn(b, 3, 8, 8),)),
+    """name -> (model builder, input builder for a batch of B): every registered family, and models
+    built from standard layers that no family builds."""
+    return family_architectures() | {
         "unseen": (UnseenModel, lambda b: (torch.randint(0, 13, (b, 6)),)),
         "torchvision-mobilenet": (
             lambda: torchvision.models.mobilenet_v3_small(num_classes=5).eval(),

@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from models.cnn import build_cnn
+from models.simple_cnn import build_simple_cnn
 from models.resnet import BasicBlock, build_resnet
 
 # Table 2, one row per layer: (operation, inputs, outputs, kernel, padding), dropout as its own row.
@@ -28,7 +28,7 @@ def _describe(module: nn.Module) -> tuple:
 
 
 def test_simple_cnn_matches_table_2_layer_by_layer():
-    model = build_cnn()
+    model = build_simple_cnn()
     assert [_describe(m) for m in model.features] == TABLE_2
     assert (model.classifier.in_features, model.classifier.out_features) == (256, 10)
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()), "Table 2 has no BatchNorm"
@@ -41,7 +41,7 @@ def test_simple_cnn_matches_table_2_layer_by_layer():
 
 
 def test_simple_cnn_without_dropout_is_table_2_without_the_dropout_rows():
-    model = build_cnn(dropout=False)
+    model = build_simple_cnn(dropout=False)
     assert [_describe(m) for m in model.features] == [row for row in TABLE_2 if row[0] != "dropout"]
 
 

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from models.masking import MaskConfig, MaskedModel, make_optimizer, training_step
-from models.masking.sampling import _keyed_forward, _keyed_logit_gradient, _keyed_weight_gradient, draw_keys
+from models.masking.counter_noise import draw_keys
+from models.masking.fused_sampling import _keyed_forward, _keyed_logit_gradient, _keyed_weight_gradient
 
 META = torch.device("meta")
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,9 +125,9 @@ _PINNING_METHODS = {"cpu", "cuda"}
 _ALLOWED = {
     ("models/transformer.py", "_sinusoidal_positions"): "built once into a buffer, which moves with the model",
     ("models/masking/sampling.py", "_cpu_uniforms"): "the CPU branch of sample_uniforms",
-    ("models/masking/sampling.py", "<module>"): "the cached element indices of the CPU kernels",
-    ("models/masking/sampling.py", "_element_indices"): "used by the CPU kernels only",
-    ("models/masking/sampling.py", "draw_keys"): "keys drawn from a CPU generator, then moved to the device",
+    ("models/masking/fused_sampling.py", "<module>"): "the cached element indices of the CPU kernels",
+    ("models/masking/fused_sampling.py", "_element_indices"): "used by the CPU kernels only",
+    ("models/masking/counter_noise.py", "draw_keys"): "keys drawn from a CPU generator, then moved to the device",
     ("models/masking/masks.py", "from_logits"): "Masks are host objects (saved, compared, counted)",
     ("models/masking/masks.py", "save"): "Masks are host objects",
     ("models/masking/masks.py", "load"): "Masks are host objects",

@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 from models.fnn import build_fnn
-from models.masking import MaskConfig, MaskedModel, make_optimizer, masked_model, training_step
-from models.masking import sampling
+from models.masking import MaskConfig, MaskedModel, fused_fallback, fused_sampling, make_optimizer, training_step
 
 
 def _broken_backend(graph_module, example_inputs):
@@ -21,10 +20,10 @@ def _broken_backend(graph_module, example_inputs):
 @pytest.fixture
 def compilation_fails(monkeypatch):
     torch._dynamo.reset()
-    monkeypatch.setattr(sampling, "_compile",
+    monkeypatch.setattr(fused_sampling, "_compile",
                         lambda *functions: tuple(torch.compile(f, dynamic=True, backend=_broken_backend)
                                                  for f in functions))
-    monkeypatch.setattr(masked_model, "_kernel_errors", {})  # the verdict is cached per process
+    monkeypatch.setattr(fused_fallback, "_kernel_errors", {})  # the verdict is cached per process
     yield
     torch._dynamo.reset()
 
@@ -64,7 +63,7 @@ def test_a_fused_mask_trains_on_the_eager_path_when_its_kernels_do_not_compile(c
 def test_the_fused_kernels_are_kept_where_they_compile():
     masked = MaskedModel(build_fnn(6, (8,), 3), MaskConfig(num_samples=2), fused=True)
     _train(masked, steps=1)
-    assert masked.fused and masked_model.fused_kernels_error(torch.device("cpu")) is None
+    assert masked.fused and fused_fallback.fused_kernels_error(torch.device("cpu")) is None
 
 
 def _fails_for_convolution_weights(graph_module, example_inputs):
@@ -76,10 +75,10 @@ def _fails_for_convolution_weights(graph_module, example_inputs):
 def test_a_kernel_the_check_did_not_cover_falls_back_at_its_first_forward(monkeypatch, caplog):
     """The check compiles matrix and vector kernels; a convolution's 4-D weights need another graph."""
     torch._dynamo.reset()
-    monkeypatch.setattr(sampling, "_compile",
+    monkeypatch.setattr(fused_sampling, "_compile",
                         lambda *functions: tuple(torch.compile(f, dynamic=True, backend=_fails_for_convolution_weights)
                                                  for f in functions))
-    monkeypatch.setattr(masked_model, "_kernel_errors", {})
+    monkeypatch.setattr(fused_fallback, "_kernel_errors", {})
     model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
     masked = MaskedModel(model, MaskConfig(num_samples=2), fused=True)
     optimizer = make_optimizer(masked)

@@ -174,7 +174,8 @@ def test_fused_kernels_stay_compiled_in_other_threads():
 def test_one_kernel_draws_every_members_samples_as_each_draws_them_alone(shape):
     """keyed_masked_weight_pack: M masks' K samples of one weight in one kernel, forward and logit
     gradient equal to M calls of keyed_masked_weight_samples bit for bit."""
-    from models.masking.sampling import draw_keys, keyed_masked_weight_pack, keyed_masked_weight_samples
+    from models.masking.counter_noise import draw_keys
+    from models.masking.fused_sampling import keyed_masked_weight_pack, keyed_masked_weight_samples
 
     members, samples = 3, 4
     weight = torch.randn(*shape)

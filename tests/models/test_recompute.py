@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from models.masking import MaskConfig, MaskedModel, ParameterFilter, make_optimizer, training_step
-from models.masking import sampling
+from models.masking import fused_sampling
 
 
 def fnn():
@@ -58,8 +58,8 @@ def test_recomputed_stacks_give_bit_identical_gradients_and_masks(make, layer_by
     placeholder: its stacks are drawn up front; the others' layer by layer."""
     model, inputs = make()
     draws = []
-    original = sampling._keyed_stack
-    monkeypatch.setattr(sampling, "_keyed_stack", lambda *args: draws.append(1) or original(*args))
+    original = fused_sampling._keyed_stack
+    monkeypatch.setattr(fused_sampling, "_keyed_stack", lambda *args: draws.append(1) or original(*args))
     kept_gradients, kept_logits, _ = train(model, inputs, recompute=False)
     assert not draws  # without recomputation nothing is drawn again
     gradients, logits, lazy = train(model, inputs, recompute=True)
@@ -94,7 +94,7 @@ def test_no_stack_outlives_the_forward_pass_with_recomputation(recompute, monkey
         return stack
 
     monkeypatch.setattr(masked_model, "keyed_masked_weight_samples", recording)  # stacks drawn up front
-    monkeypatch.setattr(sampling, "keyed_masked_weight_samples", recording)  # stacks drawn on use
+    monkeypatch.setattr(fused_sampling, "keyed_masked_weight_samples", recording)  # stacks drawn on use
     output = masked(*inputs).sum()
     alive = [ref() is not None for ref in stacks]
     output.backward()

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from models.masking.sampling import masked_weight_samples, masked_weight_samples_reference, soft_sample
+from models.masking.sampling import masked_weight_samples, soft_sample
+from tests.models.reference import masked_weight_samples_reference
 
 
 def test_hard_samples_are_bernoulli_of_sigmoid_logit():
@@ -74,7 +75,7 @@ def _reference_uniform(key: tuple[int, int], counter: int) -> float:
 
 @pytest.mark.parametrize("start", [0, 2**31 - 3, 2**32 - 2, 5 * 2**32 + 7, 2**40 - 1])
 def test_counter_noise_is_the_hash_of_the_full_index_at_any_offset(start):
-    from models.masking.sampling import counter_uniform
+    from models.masking.counter_noise import counter_uniform
 
     key = (-123456789, 987654321)
     u = counter_uniform(torch.tensor(key, dtype=torch.int32), (6,), start=start)
@@ -83,7 +84,7 @@ def test_counter_noise_is_the_hash_of_the_full_index_at_any_offset(start):
 
 
 def test_counter_noise_does_not_repeat_past_2_to_the_31_or_32():
-    from models.masking.sampling import counter_uniform
+    from models.masking.counter_noise import counter_uniform
 
     key = torch.tensor([11, -7], dtype=torch.int32)
     first = counter_uniform(key, (1000,))
@@ -95,7 +96,7 @@ def test_counter_noise_does_not_repeat_past_2_to_the_31_or_32():
 def test_counter_noise_is_laid_out_row_major_over_a_large_k_stack():
     """A [K, *S] stack with K·numel ≥ 2^32 (shapes only, on the meta device: nothing allocated) has the
     right shape, and the slice of a real stack at sample k is the counter range starting at k·numel."""
-    from models.masking.sampling import counter_uniform
+    from models.masking.counter_noise import counter_uniform
 
     meta_key = torch.zeros(2, dtype=torch.int32, device="meta")
     assert counter_uniform(meta_key, (4, 2**30 + 1)).shape == (4, 2**30 + 1)
@@ -111,7 +112,8 @@ def test_fused_forward_keeps_exactly_where_the_counter_uniform_exceeds_sigmoid_m
     """Bit for bit against the keep rule u > σ(-l) on uniforms materialised by counter_uniform, for
     both ways the forward gets its counters (element indices loaded on CPU, computed elsewhere)
     and with logits that put σ(-l) near 0, near 1 and at 1/2."""
-    from models.masking.sampling import _element_indices, _keyed_forward, counter_uniform
+    from models.masking.counter_noise import counter_uniform
+    from models.masking.fused_sampling import _element_indices, _keyed_forward
 
     K = 3
     weight = torch.randn(shape)
@@ -139,6 +141,6 @@ def test_integer_keep_threshold_equals_the_float_comparison():
 
 def test_element_indices_are_not_made_where_the_counters_need_64_bits():
     """K · numel above 2^31: no index tensor is allocated (the kernel computes 64-bit counters)."""
-    from models.masking.sampling import _element_indices
+    from models.masking.fused_sampling import _element_indices
 
     assert _element_indices(torch.Size([2**20, 2**10]), 3) is None

@@ -4,11 +4,12 @@ import pytest
 import torch
 
 from models.masking import MaskConfig, MaskedModel, ParameterFilter
-from models.seq2seq_lstm import build_seq2seq_lstm
+from models.lstm_seq2seq import build_lstm_seq2seq
 from models.transformer import build_transformer
+from tests.models.reference import masked_forward_reference
 
 BUILDERS = {
-    "lstm-seq2seq": lambda: build_seq2seq_lstm(15, 9, embedding_size=4, hidden=8, dropout=0.0),
+    "lstm-seq2seq": lambda: build_lstm_seq2seq(15, 9, embedding_size=4, hidden=8, dropout=0.0),
     "transformer": lambda: build_transformer(15, 9, d_model=8, num_heads=2, num_layers=1, feedforward=8,
                                              max_length=32),
 }
@@ -59,7 +60,8 @@ def test_masked_seq2seq_runs_batched_and_matches_the_per_sample_loop(name, teach
         uniforms = masked.sample_uniforms(torch.Generator().manual_seed(0))
         batched = masked.forward_with_uniforms(uniforms, source, target, source == 0, teacher_forcing=teacher_forcing)
         assert masked.batched, "vmap must batch the mask samples"
-        reference = masked.forward_reference(uniforms, source, target, source == 0, teacher_forcing=teacher_forcing)
+        reference = masked_forward_reference(masked, uniforms, source, target, source == 0,
+                                             teacher_forcing=teacher_forcing)
         torch.testing.assert_close(batched, reference, rtol=1e-4, atol=1e-5)
     finally:
         torch.backends.mha.set_fastpath_enabled(True)

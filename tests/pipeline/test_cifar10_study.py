@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from models.cnn import build_cnn
+from models.simple_cnn import build_simple_cnn
 from models.masking import MaskConfig, MaskedModel, Masks, make_optimizer, training_step
 from pipeline.config import override
 from pipeline.experiments import get_experiment
@@ -36,7 +36,7 @@ def test_iou_of_a_mask_with_itself_is_one_and_of_disjoint_masks_zero():
 
 
 def test_fixed_output_layer_equals_the_control_mask_and_never_trains(tmp_path):
-    model = build_cnn(3, (4, 8), 10).eval()
+    model = build_simple_cnn(3, (4, 8), 10).eval()
     masked = MaskedModel(model, MaskConfig.from_beta(1e-1, 8, num_samples=2))
     assert output_layer_parameters(model) == ["classifier.weight", "classifier.bias"]
     control = {name: torch.randn_like(logit) for name, logit in masked.logits_by_name().items()}

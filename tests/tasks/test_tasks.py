@@ -1,6 +1,10 @@
+import ast
+from pathlib import Path
+
 import pytest
 import torch
 
+import tasks
 from tasks.registry import get_task, register_task
 from tasks.addmul import operation_performed
 from tasks.arithmetic import IGNORE, correct, numbers_from_logits
@@ -65,3 +69,24 @@ def test_registry_rejects_duplicates_and_suggests():
         register_task("addmul")(object)
     with pytest.raises(KeyError, match="did you mean 'addmul'"):
         get_task("admul")
+
+
+def _imported_modules(node) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if isinstance(node, ast.ImportFrom) and node.module == "models":  # from models import transformer
+        return [f"models.{alias.name}" for alias in node.names]
+    if isinstance(node, ast.ImportFrom) and node.module:
+        return [node.module]
+    return []
+
+
+@pytest.mark.parametrize("path", sorted(Path(tasks.__file__).parent.glob("*.py")), ids=lambda p: p.name)
+def test_a_task_imports_no_model_file(path):
+    """A task scores a model through its forward (greedy decoding included); of models/ it imports only
+    the model-free shared layer, so that any registered family can be trained on it."""
+    allowed = {"models.common", "models.registry"}
+    for node in ast.walk(ast.parse(path.read_text())):
+        for module in _imported_modules(node):
+            if module.split(".")[0] == "models":
+                assert module in allowed, f"{path.name} imports {module}"

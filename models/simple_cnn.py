@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from models.registry import register_model
+from models.registry import ExampleInput, ModelExample, register_model
 
 TABLE_2_CHANNELS = (32, 64, 128, 256)
 TABLE_2_DROPOUT = (0.25, 0.5)  # after the second-to-last and the last convolution
@@ -38,8 +38,8 @@ class SimpleCNN(nn.Module):
         return self.classifier(self.features(x).mean(dim=(2, 3)))
 
 
-def build_cnn(in_channels: int = 3, channels: tuple[int, ...] = TABLE_2_CHANNELS, num_classes: int = 10,
-              dropout: bool = True) -> SimpleCNN:
+def build_simple_cnn(in_channels: int = 3, channels: tuple[int, ...] = TABLE_2_CHANNELS, num_classes: int = 10,
+                     dropout: bool = True) -> SimpleCNN:
     return SimpleCNN(in_channels, tuple(channels), num_classes, dropout)
 
 
@@ -50,7 +50,11 @@ class SimpleCNNSettings:
     dropout: bool = True  # Table 2's dropout; False is the ablation of Appendix C.7.2
 
 
-@register_model("simple_cnn", SimpleCNNSettings)
+EXAMPLE = ModelExample(dims={"in_channels": 3, "num_classes": 10}, settings={"channels": (4, 8), "dropout": False},
+                       inputs=(ExampleInput(("batch", "in_channels", 8, 8)),))
+
+
+@register_model("simple_cnn", SimpleCNNSettings, EXAMPLE)
 def simple_cnn(in_channels: int, num_classes: int, channels: tuple[int, ...] = TABLE_2_CHANNELS,
                dropout: bool = True) -> SimpleCNN:
-    return build_cnn(in_channels, channels, num_classes, dropout)
+    return build_simple_cnn(in_channels, channels, num_classes, dropout)

@@ -18,12 +18,12 @@ import torch
 from torch import Tensor, nn
 
 from models.lstm import LSTMLayer
-from models.registry import register_model
+from models.registry import ExampleInput, ModelExample, register_model
 
 State = list[tuple[Tensor, Tensor]]  # per layer (hidden [B, H], cell [B, H])
 
 
-class Seq2SeqLSTM(nn.Module):
+class LSTMSeq2Seq(nn.Module):
     """Encoder and decoder of `num_layers` LSTM layers each, no attention; the decoder starts from
     the encoder's final state. Dropout on the embeddings, between layers and before the output layer."""
 
@@ -76,7 +76,7 @@ class Seq2SeqLSTM(nn.Module):
 
 
 @dataclass(frozen=True)
-class Seq2SeqLSTMSettings:
+class LSTMSeq2SeqSettings:
     builder: str = "lstm-seq2seq"
     embedding_size: int = 16
     hidden: int = 200
@@ -84,7 +84,12 @@ class Seq2SeqLSTMSettings:
     dropout: float = 0.5
 
 
-@register_model("lstm-seq2seq", Seq2SeqLSTMSettings)
-def build_seq2seq_lstm(input_vocab: int, output_vocab: int, embedding_size: int = 16, hidden: int = 200,
-                       num_layers: int = 2, dropout: float = 0.5) -> Seq2SeqLSTM:
-    return Seq2SeqLSTM(input_vocab, output_vocab, embedding_size, hidden, num_layers, dropout)
+EXAMPLE = ModelExample(dims={"input_vocab": 15, "output_vocab": 9},
+                       settings={"embedding_size": 4, "hidden": 8, "dropout": 0.0},
+                       inputs=(ExampleInput(("batch", 6), "input_vocab"), ExampleInput(("batch", 5), "output_vocab")))
+
+
+@register_model("lstm-seq2seq", LSTMSeq2SeqSettings, EXAMPLE)
+def build_lstm_seq2seq(input_vocab: int, output_vocab: int, embedding_size: int = 16, hidden: int = 200,
+                       num_layers: int = 2, dropout: float = 0.5) -> LSTMSeq2Seq:
+    return LSTMSeq2Seq(input_vocab, output_vocab, embedding_size, hidden, num_layers, dropout)
