@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from analysis.data import AnalysisInputError, load_tables
 from analysis.stats import layer_order, where
+from models.common import write_text_atomic
 
 START, END = "<!-- findings:start -->", "<!-- findings:end -->"
 
@@ -316,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
         if START not in text or END not in text:
             raise SystemExit(f"{args.readme} has no {START} ... {END} block to fill")
         before, rest = text.split(START, 1)
-        args.readme.write_text(before + START + "\n" + table + "\n" + END + rest.split(END, 1)[1])
+        write_text_atomic(before + START + "\n" + table + "\n" + END + rest.split(END, 1)[1], args.readme)
 
 
 if __name__ == "__main__":
