@@ -12,7 +12,7 @@ from analysis.selection import select
 from models.common import write_text_atomic
 
 
-def analyze(results_dirs: list, out: Path, sweep: str | None = None,
+def analyze(results_dirs: list[Path | str], out: Path, sweep: str | None = None,
             where: dict[str, list[str]] | None = None) -> tuple[Path, list]:
     """-> (report path, [Figure | Skip]) of the trials of `sweep` (all if None) whose recorded config
     matches `where` (key -> any of these values). Every registered figure, in the order of their
