@@ -9,30 +9,46 @@ Accuracy of a class = its diagonal count / its row total; "relative drop" of cla
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from analysis import paper as said
+from analysis.plotting import Figure, Skip, figure, save
+from analysis.selection import describe, mixed, with_config
+from analysis.stats import where
 
-from analysis.figures import Figure, Skip, _save  # noqa: E402
-from analysis import paper as said  # noqa: E402
-from analysis.selection import mixed  # noqa: E402
-from analysis.stats import where  # noqa: E402
-
-EXPERIMENTS = {"cifar10-cnn": "simple CNN", "cifar10-cnn-nodropout": "no-dropout CNN",
-               "cifar10-resnet110": "ResNet-110"}
-DIFFERENCE_FIGURES = {"cifar10-cnn": "fig19", "cifar10-cnn-nodropout": "fig20", "cifar10-resnet110": "fig21"}
+CLASS_REMOVAL = {"study": "class-removal", "task": "cifar10"}  # the trials of Figs. 6 and 18-21, as recorded
 CONTROL = "all"
 
 
+@dataclass(frozen=True, eq=False)
+class Network:
+    """A network the paper compares: its name there, the recorded model config that picks its trials
+    and the name of its confusion-change figure (Figs. 19-21)."""
+
+    label: str
+    model: dict
+    difference_figure: str
+
+
+NETWORKS = [
+    Network("simple CNN", {"model.builder": "simple_cnn", "model.dropout": True},
+            "fig19_confusion_difference_cifar10-cnn"),
+    Network("no-dropout CNN", {"model.builder": "simple_cnn", "model.dropout": False},
+            "fig20_confusion_difference_cifar10-cnn-nodropout"),
+    Network("ResNet-110", {"model.builder": "resnet"}, "fig21_confusion_difference_cifar10-resnet110"),
+]
+NETWORK_KEYS = ("model.builder", "model.dropout")  # what tells the networks apart
+
+
 # -- confusion matrices from Parquet ---------------------------------------------------------------
-def confusion_matrices(tables, experiment: str) -> tuple[list[str], dict[str, np.ndarray]] | None:
+def confusion_matrices(tables, network: Network) -> tuple[list[str], dict[str, np.ndarray]] | None:
     """-> (classes, mask -> [seeds, C, C] counts, row = true class), or None without data."""
     if "confusion" not in tables:
         return None
-    rows = where(tables["confusion"], experiment=experiment).select(
+    rows = with_config(tables["confusion"], CLASS_REMOVAL | network.model).select(
         ["trial_id", "mask", "true_class", "predicted_class", "count"]).to_pylist()
     if not rows:
         return None
@@ -68,12 +84,12 @@ def relative_drops(classes: list[str], matrices: dict[str, np.ndarray]) -> np.nd
 
 
 def _removal_data(tables):
-    """experiment -> (classes, matrices, drops [S, C, C]) for every experiment with complete data."""
+    """Network -> (classes, matrices, drops [S, C, C]) for every network with complete data."""
     found = {}
-    for experiment in EXPERIMENTS:
-        data = confusion_matrices(tables, experiment)
+    for network in NETWORKS:
+        data = confusion_matrices(tables, network)
         if data is not None and (drops := relative_drops(*data)) is not None:
-            found[experiment] = (*data, drops)
+            found[network] = (*data, drops)
     return found
 
 
@@ -90,38 +106,38 @@ def _nan_mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.nanmean(values, 0), std
 
 
-def _mixed(tables, table: str, name: str) -> Skip | None:
-    """A Skip when trials of one experiment differ in a setting the figure would average over."""
-    if table not in tables:
+def _mixed(tables, name: str) -> Skip | None:
+    """A Skip when class-removal trials of one network differ in a setting the figure would average over."""
+    if "confusion" not in tables:
         return None
-    rows = where(tables[table], experiment=[*EXPERIMENTS, "mask-stability"])
-    reason = mixed(rows, ("experiment",)) if rows.num_rows else None
+    rows = with_config(tables["confusion"], CLASS_REMOVAL)
+    reason = mixed(rows, NETWORK_KEYS) if rows.num_rows else None
     return Skip(name, reason) if reason else None
 
 
 # -- Fig. 6 -------------------------------------------------------------------------------------------
 def _per_class_bars(tables, out, name: str, title: str, ylabel: str, statistic, paper: dict) -> Figure | Skip:
-    if refused := _mixed(tables, "confusion", name):
+    if refused := _mixed(tables, name):
         return refused
     data = _removal_data(tables)
     if not data:
         return Skip(name, "needs the confusion table of a class-removal trial with all 11 masks "
-                          f"(experiments {', '.join(EXPERIMENTS)})")
+                          f"(trials of {describe(CLASS_REMOVAL)})")
     fig, ax = plt.subplots(figsize=(9, 3.5))
     width = 0.8 / len(data)
     numbers = {}
-    for i, (experiment, (classes, _, drops)) in enumerate(data.items()):
+    for i, (network, (classes, _, drops)) in enumerate(data.items()):
         mean, std = _mean_std(statistic(drops))
         ax.bar(np.arange(len(classes)) + i * width, 100 * mean, width, yerr=100 * std, capsize=2,
-               label=EXPERIMENTS[experiment])
-        numbers[f"{EXPERIMENTS[experiment]} (n={drops.shape[0]}): per class [%]"] = ", ".join(
+               label=network.label)
+        numbers[f"{network.label} (n={drops.shape[0]}): per class [%]"] = ", ".join(
             f"{c} {100 * m:.0f}" for c, m in zip(classes, mean))
-        numbers[f"{EXPERIMENTS[experiment]}: mean over classes [%]"] = f"{100 * _mean_std(mean[:, None])[0][0]:.1f}"
+        numbers[f"{network.label}: mean over classes [%]"] = f"{100 * _mean_std(mean[:, None])[0][0]:.1f}"
     ax.set_xticks(np.arange(len(classes)) + width * (len(data) - 1) / 2, classes, rotation=30)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
     ax.set_title(title)
-    return Figure(name, title, _save(fig, out, name), numbers, paper)
+    return Figure(name, title, save(fig, out, name), numbers, paper)
 
 
 def target_drop(drops: np.ndarray) -> np.ndarray:
@@ -136,6 +152,7 @@ def largest_other_drop_ratio(drops: np.ndarray) -> np.ndarray:
     return np.divide(others, target, out=np.full_like(others, np.nan), where=target > 0)
 
 
+@figure("fig06a_class_removal_drop")
 def figure_6a(tables, out):
     return _per_class_bars(tables, out, "fig06a_class_removal_drop", "Fig. 6a: relative accuracy drop of the removed class",
                            "relative drop [%]", target_drop,
@@ -143,6 +160,7 @@ def figure_6a(tables, out):
                             "ResNet-110": said.FIG6A_RESNET})
 
 
+@figure("fig06b_non_target_drop")
 def figure_6b(tables, out):
     return _per_class_bars(tables, out, "fig06b_non_target_drop",
                            "Fig. 6b: largest drop of a non-target class relative to the target's drop",
@@ -160,34 +178,35 @@ def _matrix(ax, matrix: np.ndarray, classes: list[str], title: str, diverging: b
     plt.colorbar(image, ax=ax, fraction=0.046)
 
 
+@figure("fig18_confusion_control")
 def figure_18(tables, out):
     name = "fig18_confusion_control"
-    if refused := _mixed(tables, "confusion", name):
+    if refused := _mixed(tables, name):
         return refused
-    found = {e: d for e in EXPERIMENTS if (d := confusion_matrices(tables, e)) and CONTROL in d[1]}
+    found = {n: d for n in NETWORKS if (d := confusion_matrices(tables, n)) and CONTROL in d[1]}
     if not found:
         return Skip(name, "needs the confusion table of a class-removal trial (mask 'all')")
     fig, axes = plt.subplots(1, len(found), figsize=(4.5 * len(found), 4), squeeze=False)
     numbers = {}
-    for ax, (experiment, (classes, matrices)) in zip(axes[0], found.items()):
+    for ax, (network, (classes, matrices)) in zip(axes[0], found.items()):
         shares = row_normalised(matrices[CONTROL]).mean(0)
-        _matrix(ax, 100 * shares, classes, f"{EXPERIMENTS[experiment]}: mask on all classes [%]", False)
+        _matrix(ax, 100 * shares, classes, f"{network.label}: mask on all classes [%]", False)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
-        numbers[f"{EXPERIMENTS[experiment]}: accuracy with the control mask [%]"] = f"{100 * np.diag(shares).mean():.1f}"
+        numbers[f"{network.label}: accuracy with the control mask [%]"] = f"{100 * np.diag(shares).mean():.1f}"
     title = "Fig. 18: confusion matrices with masks trained on all classes"
-    return Figure(name, title, _save(fig, out, name), numbers,
+    return Figure(name, title, save(fig, out, name), numbers,
                   {"accuracy with the control mask": said.FIG18_ACCURACY,
                    "ResNet-110 unmasked accuracy": said.RESNET_ACCURACY})
 
 
-def _difference_figure(tables, out, experiment: str):
-    name = f"{DIFFERENCE_FIGURES[experiment]}_confusion_difference_{experiment}"
-    if refused := _mixed(tables, "confusion", name):
+def _difference_figure(tables, out, network: Network):
+    name = network.difference_figure
+    if refused := _mixed(tables, name):
         return refused
-    data = confusion_matrices(tables, experiment)
+    data = confusion_matrices(tables, network)
     if data is None or relative_drops(*data) is None:
-        return Skip(name, f"needs a complete class-removal trial of {experiment}")
+        return Skip(name, f"needs a complete class-removal trial of the {network.label} ({describe(network.model)})")
     classes, matrices = data
     control = row_normalised(matrices[CONTROL]).mean(0)
     fig, axes = plt.subplots(2, (len(classes) + 1) // 2, figsize=(3.2 * ((len(classes) + 1) // 2), 6.5), squeeze=False)
@@ -199,31 +218,35 @@ def _difference_figure(tables, out, experiment: str):
         others = [(difference[i, j], classes[j]) for j in range(len(classes)) if j != i]
         gain, to = max(others)
         numbers[f"without {removed}"] = f"own class {difference[i, i]:+.1f} points; most moved to {to} ({gain:+.1f})"
-    title = f"Fig. {DIFFERENCE_FIGURES[experiment][3:]}: {EXPERIMENTS[experiment]}, confusion change when a class is removed"
-    return Figure(name, title, _save(fig, out, name), numbers,
+    title = f"Fig. {name[3:5]}: {network.label}, confusion change when a class is removed"
+    return Figure(name, title, save(fig, out, name), numbers,
                   {"without airplane": said.FIG19_AIRPLANE, "without cat": said.FIG19_CAT,
                    "without truck": said.FIG19_TRUCK})
 
 
+@figure("fig19_confusion_difference_cifar10-cnn")
 def figure_19(tables, out):
-    return _difference_figure(tables, out, "cifar10-cnn")
+    return _difference_figure(tables, out, NETWORKS[0])
 
 
+@figure("fig20_confusion_difference_cifar10-cnn-nodropout")
 def figure_20(tables, out):
-    return _difference_figure(tables, out, "cifar10-cnn-nodropout")
+    return _difference_figure(tables, out, NETWORKS[1])
 
 
+@figure("fig21_confusion_difference_cifar10-resnet110")
 def figure_21(tables, out):
-    return _difference_figure(tables, out, "cifar10-resnet110")
+    return _difference_figure(tables, out, NETWORKS[2])
 
 
 # -- Appendix B.1 -----------------------------------------------------------------------------------------
+@figure("figB1_mask_iou")
 def figure_iou(tables, out):
     name = "figB1_mask_iou"
     if "mask_iou" not in tables:
         return Skip(name, "needs the mask_iou table of mask-stability trials")
-    if refused := _mixed(tables, "mask_iou", name):
-        return refused
+    if reason := mixed(tables["mask_iou"]):
+        return Skip(name, reason)
     rows = where(tables["mask_iou"], layer="all").select(["trial_id", "pair", "iou"]).to_pylist()
     values = np.array([r["iou"] for r in rows if r["iou"] is not None], dtype=float)
     if not len(values):
@@ -237,7 +260,5 @@ def figure_iou(tables, out):
     title = "Appendix B.1: IoU of masks trained twice on the same class pair"
     ax.set_title(title, fontsize=9)
     numbers = {f"mean IoU over {len(values)} pairs ({networks} networks)": f"{100 * values.mean():.2f} ± {100 * std:.2f} %"}
-    return Figure(name, title, _save(fig, out, name), numbers, {"mean IoU": said.IOU})
+    return Figure(name, title, save(fig, out, name), numbers, {"mean IoU": said.IOU})
 
-
-FIGURES = [figure_6a, figure_6b, figure_18, figure_19, figure_20, figure_21, figure_iou]

@@ -21,7 +21,9 @@ from typing import Callable
 import pyarrow as pa
 
 from analysis.data import AnalysisInputError, load_tables
+from analysis.selection import describe, with_config
 from analysis.stats import layer_order, where
+from models.common import write_text_atomic
 
 START, END = "<!-- findings:start -->", "<!-- findings:end -->"
 
@@ -75,10 +77,10 @@ def network(table: pa.Table) -> str:
     return f"{row.get('model.builder', '?')} {' '.join(settings)}{layers}"
 
 
-def need(table: pa.Table, what: str) -> pa.Table:
+def need(table: pa.Table, what: str | dict) -> pa.Table:
     """The table, or a ValueError saying which trials are missing (the row becomes "not measured here")."""
     if table.num_rows == 0:
-        raise ValueError(f"no rows of {what} in the record")
+        raise ValueError(f"no rows of {describe(what) if isinstance(what, dict) else what} in the record")
     return table
 
 
@@ -93,11 +95,15 @@ FIG_12_PAPER = ("The FNN tends to ignore the function description and performs t
 DOUBLE_ADD_PAPER = ("weight sharing is low (Fig. 13) ... We test the resulting network on pair 2, where the performance "
                     "decreases only slightly, confirming that they are independent (Fig. 2)")
 Measured = tuple  # (ours, verdict, reason, source)
+# The trials of each finding, by their recorded config (each study's record is its own folder).
+FNN, LSTM = {"task": "addmul", "model.builder": "fnn"}, {"task": "addmul", "model.builder": "lstm"}
+DOUBLE_ADD = {"task": "double_add"}
+PREFER_OLD = ("prefer-old", "prefer-old-more")  # task_options.logit_init of Figs. 15a and 15b
 PAPER_MUL_TO_ADD = 3.8  # Section 3.1: "the multiplication uses 3.8 times more weights than the addition"
 
 
-def io_sharing(tables, experiment: str, label: str) -> Measured:
-    layers = need(where(tables["layers"], experiment=experiment), experiment)
+def io_sharing(tables, trials: dict) -> Measured:
+    layers = need(with_config(tables["layers"], trials), trials)
     by_layer = shared_fraction_by_layer(layers, "add")
     names = list(by_layer)
     means = {layer: mean_std(values)[0] for layer, values in by_layer.items()}
@@ -111,7 +117,7 @@ def io_sharing(tables, experiment: str, label: str) -> Measured:
 
 
 def mul_to_add(tables) -> Measured:
-    layers = need(where(tables["layers"], experiment="addmul-fnn", layer="all"), "addmul-fnn")
+    layers = need(where(with_config(tables["layers"], FNN), layer="all"), FNN)
     ratios = per_trial(layers, lambda rows: next(r["kept"] for r in rows if r["mask"] == "mul")
                        / next(r["kept"] for r in rows if r["mask"] == "add"))
     mean, std, n = mean_std(ratios)
@@ -123,7 +129,7 @@ def mul_to_add(tables) -> Measured:
 
 
 def inverted_masks(tables) -> Measured:
-    metrics = need(where(tables["metrics"], experiment="addmul-fnn"), "addmul-fnn")
+    metrics = need(with_config(tables["metrics"], FNN), FNN)
     cells = {(m, s): [r["accuracy"] for r in where(metrics, mask=m, subtask=s).to_pylist()]
              for m in ("not-add", "not-mul") for s in ("add", "mul")}
     means = {k: mean_std(v)[0] for k, v in cells.items()}
@@ -134,9 +140,9 @@ def inverted_masks(tables) -> Measured:
             "rule: each inverted mask below 50 % on the other operation", "addmul/metrics")
 
 
-def operation_performed(tables, experiment: str) -> dict[str, list[float]]:
+def operation_performed(tables, trials: dict) -> dict[str, list[float]]:
     """Share of answers of each kind when a mask is asked to do the other operation."""
-    ops = need(where(tables["operations"], experiment=experiment), experiment)
+    ops = need(with_config(tables["operations"], trials), trials)
     out = {}
     for mask, subtask in (("add", "mul"), ("mul", "add")):
         for operation in ("add", "mul", "none"):
@@ -146,22 +152,22 @@ def operation_performed(tables, experiment: str) -> dict[str, list[float]]:
 
 
 def fig_12(tables) -> Measured:
-    fnn, lstm = operation_performed(tables, "addmul-fnn"), operation_performed(tables, "addmul-lstm")
+    fnn, lstm = operation_performed(tables, FNN), operation_performed(tables, LSTM)
     fnn_own = mean_std(fnn["add mask on mul: add"] + fnn["mul mask on add: mul"])[0]
     lstm_none = mean_std(lstm["add mask on mul: none"] + lstm["mul mask on add: none"])[0]
     ours = (f"FNN answers with its mask's operation {percent(fnn['add mask on mul: add'] + fnn['mul mask on add: mul'])}"
             f"; LSTM invalid ('none') {percent(lstm['add mask on mul: none'] + lstm['mul mask on add: none'])}")
     holds = fnn_own > 0.5 and lstm_none > 0.5
-    return (ours + f" ({seeds(where(tables['operations'], experiment='addmul-fnn'))} seeds each)",
+    return (ours + f" ({seeds(with_config(tables['operations'], FNN))} seeds each)",
             "holds" if holds else "partly" if fnn_own > 0.5 or lstm_none > 0.5 else "does not",
             "rule: both shares above 50 %", "addmul/operations")
 
 
 def double_addition(tables) -> Measured:
-    layers = need(where(tables["layers"], layer="all", mask="pair1"), "double addition")
+    layers = need(where(with_config(tables["layers"], DOUBLE_ADD), layer="all", mask="pair1"), "double addition")
     metrics = tables["metrics"]
     parts, low, kept = [], True, True
-    for experiment in ("double-add-fnn", "double-add-lstm", "double-add-lstm-sequential"):
+    for experiment in sorted(set(layers.column("experiment").to_pylist())):
         shared = [r["shared"] / r["kept"] for r in where(layers, experiment=experiment).to_pylist() if r["kept"]]
         on_pair2 = [r["accuracy"] for r in where(metrics, experiment=experiment, mask="not-pair1",
                                                  subtask="pair2").to_pylist()]
@@ -179,7 +185,7 @@ def double_addition(tables) -> Measured:
 
 def add_sharing_by(tables, key: str) -> dict:
     """{value of `key`: [shared / kept of the add mask, one per trial]} of the add/mul FNN's trials."""
-    layers = need(where(tables["layers"], experiment="addmul-fnn", mask="add", layer="all"), "addmul-fnn")
+    layers = need(where(with_config(tables["layers"], FNN), mask="add", layer="all"), FNN)
     by_value: dict = {}
     for r in layers.to_pylist():
         if r["kept"]:
@@ -246,9 +252,12 @@ def permuted_mnist(tables) -> Measured:
         sharing[experiment] = per_trial(rows, lambda trial: sum(r["shared_with_earlier"] for r in trial)
                                         / max(1, sum(r["kept"] for r in trial)))
     means = {e: mean_std(v)[0] for e, v in sharing.items()}
-    default, preferring = means.get("permuted-mnist"), [m for e, m in means.items() if "prefer-old" in e]
-    if default is None or not preferring:
-        raise ValueError("needs the default and a prefer-old initialisation")
+    initialisation = dict(zip(layers["experiment"].to_pylist(), layers["task_options.logit_init"].to_pylist()))
+    default = [m for e, m in means.items() if initialisation[e] == "default"]
+    preferring = [m for e, m in means.items() if initialisation[e] in PREFER_OLD]
+    if len(default) != 1 or not preferring:
+        raise ValueError("needs the default and a prefer-old initialisation (task_options.logit_init)")
+    default = default[0]
     ours = "; ".join(f"{e}: {percent(v)}" for e, v in sharing.items())
     raised, unique = all(m > default for m in preferring), all(m < 0.5 for m in preferring)
     return (f"weights of task {last}'s mask that earlier tasks use: {ours}",
@@ -260,9 +269,9 @@ def permuted_mnist(tables) -> Measured:
 # (study whose record it reads, the finding, the paper's words, how we measure it)
 FINDINGS = [
     ("addmul", "Sharing higher in input and output layers than hidden (3.1, Fig. 1, FNN)", IO_PAPER,
-     lambda t: io_sharing(t, "addmul-fnn", "FNN")),
+     lambda t: io_sharing(t, FNN)),
     ("addmul", "Sharing higher in input and output layers than hidden (3.1, Fig. 1, LSTM)", IO_PAPER,
-     lambda t: io_sharing(t, "addmul-lstm", "LSTM")),
+     lambda t: io_sharing(t, LSTM)),
     ("addmul", "Multiplication uses more weights than addition (3.1, Fig. 11)",
      "the multiplication uses 3.8 times more weights than the addition (Fig. 11)", mul_to_add),
     ("addmul", "Inverted add or mul masks break both operations: limited separation (C.3, Fig. 10)",
@@ -316,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
         if START not in text or END not in text:
             raise SystemExit(f"{args.readme} has no {START} ... {END} block to fill")
         before, rest = text.split(START, 1)
-        args.readme.write_text(before + START + "\n" + table + "\n" + END + rest.split(END, 1)[1])
+        write_text_atomic(before + START + "\n" + table + "\n" + END + rest.split(END, 1)[1], args.readme)
 
 
 if __name__ == "__main__":

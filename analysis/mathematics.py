@@ -3,40 +3,37 @@ without a mask, with the mask trained on the IID train set and with the mask tra
 
 from __future__ import annotations
 
-import matplotlib
+import matplotlib.pyplot as plt
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pyarrow.compute as pc  # noqa: E402
+from analysis import paper as said
+from analysis.plotting import Figure, Skip, bars, figure, lookup, save
+from analysis.selection import mixed, with_config
+from analysis.stats import mean_std, where
 
-from analysis.figures import Figure, Skip, _bars, _lookup, _save  # noqa: E402
-from analysis import paper as said  # noqa: E402
-from analysis.selection import mixed  # noqa: E402
-from analysis.stats import mean_std, where  # noqa: E402
-
+MATHEMATICS = {"task": "mathematics"}  # the trials this figure draws, as recorded; a bar group per module
 CONDITIONS = {"none": "no mask", "iid": "IID mask", "easy": "easy mask"}
 HARD = "valid-hard"
 PAPER_CLAIM = "easy mask below IID mask on hard"
 
 
+@figure("fig05_mathematics_hard")
 def figure_5(tables, out) -> Figure | Skip:
     name = "fig05_mathematics_hard"
     if "metrics" not in tables:
         return Skip(name, "no metrics table")
-    metrics = tables["metrics"]
-    metrics = metrics.filter(pc.starts_with(metrics["experiment"], "mathematics-"))
+    metrics = with_config(tables["metrics"], MATHEMATICS)
     if not metrics.num_rows or "task_options.module" not in metrics.column_names:
-        return Skip(name, "needs mathematics-<module> trials; run the mathematics sweep")
+        return Skip(name, "needs trials of task mathematics; run the mathematics sweep")
     if reason := mixed(metrics, ("task_options.module",)):
         return Skip(name, reason)
     rows = mean_std(where(metrics, subtask=HARD, mask=list(CONDITIONS)), ["task_options.module", "mask"], "accuracy")
     modules = sorted({r["task_options.module"] for r in rows})
     fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(modules)), 3.5))
-    series = {label: [tuple(100 * x for x in _lookup(rows, mask=mask, **{"task_options.module": m}))
+    series = {label: [tuple(100 * x for x in lookup(rows, mask=mask, **{"task_options.module": m}))
                       for m in modules] for mask, label in CONDITIONS.items()}
-    _bars(ax, [m.replace("__", ": ") for m in modules], series, "accuracy on hard [%]")
+    bars(ax, [m.replace("__", ": ") for m in modules], series, "accuracy on hard [%]")
     fig.suptitle("Fig. 5: Mathematics Dataset, hard validation split", y=1.02)
-    return Figure(name, "Fig. 5: Mathematics Dataset, accuracy on hard", _save(fig, out, name),
+    return Figure(name, "Fig. 5: Mathematics Dataset, accuracy on hard", save(fig, out, name),
                   _numbers(rows, modules),
                   {PAPER_CLAIM: said.FIG5_DROP, "(n=": said.FIG5_SEEDS})
 
@@ -46,7 +43,7 @@ def _numbers(rows: list[dict], modules: list[str]) -> dict:
     numbers = {}
     drops = 0
     for module in modules:
-        values = {mask: _lookup(rows, mask=mask, **{"task_options.module": module}) for mask in CONDITIONS}
+        values = {mask: lookup(rows, mask=mask, **{"task_options.module": module}) for mask in CONDITIONS}
         seeds = max((r["n"] for r in rows if r["task_options.module"] == module), default=0)
         numbers[f"{module} (n={seeds})"] = ", ".join(
             f"{label} {100 * values[mask][0]:.1f} ± {100 * values[mask][1]:.1f}%" for mask, label in CONDITIONS.items())
@@ -54,5 +51,3 @@ def _numbers(rows: list[dict], modules: list[str]) -> dict:
     numbers[PAPER_CLAIM] = f"{drops} of {len(modules)} modules"
     return numbers
 
-
-FIGURES = [figure_5]

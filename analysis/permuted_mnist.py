@@ -7,18 +7,16 @@ paper's figures count from 1, so "T2" is task index 1.
 
 from __future__ import annotations
 
-import matplotlib
+import matplotlib.pyplot as plt
+import pyarrow as pa
+import pyarrow.compute as pc
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.compute as pc  # noqa: E402
+from analysis import paper as said
+from analysis.plotting import Figure, Skip, bars, figure, lookup, save
+from analysis.selection import mixed, with_config
+from analysis.stats import mean_std, where, with_ratio
 
-from analysis.figures import Figure, Skip, _bars, _save  # noqa: E402
-from analysis import paper as said  # noqa: E402
-from analysis.selection import mixed  # noqa: E402
-from analysis.stats import mean_std, where, with_ratio  # noqa: E402
-
+PERMUTED_MNIST = {"task": "permuted_mnist"}  # the trials these figures draw, as recorded
 LAYER_COLUMNS = ["experiment", "seed", "after_task", "layer", "parameter", "kept", "shared_with_earlier"]
 ACCURACY_COLUMNS = ["experiment", "seed", "after_task", "evaluated_task", "accuracy"]
 
@@ -27,10 +25,10 @@ _PAPER_PREFER_OLD = {"(input, permuted)": said.FIG15_FIRST_LAYER, "(output)": sa
                      "all layers": said.FIG15A_UNIQUE}
 
 
-def sharing_percentages(layers: pa.Table, experiment: str) -> tuple[list[str], list[int], list[dict]]:
-    """Weight matrices only (as the paper's plot): (layers in order, after-task indices T2, T4, ...,
-    rows {layer, after_task, mean, std, n} of 100 · shared_with_earlier / kept over seeds)."""
-    table = where(layers, experiment=experiment, parameter="weight")
+def sharing_percentages(layers: pa.Table) -> tuple[list[str], list[int], list[dict]]:
+    """Weight matrices only (as the paper's plot) of one setting's trials: (layers in order, after-task
+    indices T2, T4, ..., rows {layer, after_task, mean, std, n} of 100 · shared_with_earlier / kept over seeds)."""
+    table = where(layers, parameter="weight")
     table = table.filter(table["shared_with_earlier"].is_valid())
     table = with_ratio(table, "shared_with_earlier", "kept", "shared_fraction")
     table = table.append_column("shared_percent", pc.multiply(table["shared_fraction"], 100.0))
@@ -50,78 +48,79 @@ def _layer_label(index: int, count: int) -> str:
     return f"layer {index + 1}{role}"
 
 
-def _lookup(rows: list[dict], **keys) -> tuple[float, float]:
-    for row in rows:
-        if all(row[k] == v for k, v in keys.items()):
-            return row["mean"], row["std"]
-    return float("nan"), 0.0
-
-
 def _table_or_skip(tables, table: str, columns: list[str], name: str):
-    """The table, or a Skip saying it or some of its columns are missing."""
+    """The permuted-MNIST trials' rows of the table, or a Skip saying it or some of its columns are missing."""
     if table not in tables:
         return Skip(name, f"no {table} table (run the permuted-mnist sweep)")
     missing = [c for c in columns if c not in tables[table].column_names]
-    return Skip(name, f"the {table} table lacks column(s) {missing}") if missing else tables[table]
+    if missing:
+        return Skip(name, f"the {table} table lacks column(s) {missing}")
+    rows = with_config(tables[table], PERMUTED_MNIST)
+    return rows if rows.num_rows else Skip(name, f"no rows of task permuted_mnist in the {table} table")
 
 
-def _sharing_figure(tables, out, name: str, experiment: str, title: str, paper: dict) -> Figure | Skip:
+def _sharing_figure(tables, out, name: str, logit_init: str, title: str, paper: dict) -> Figure | Skip:
+    """Sharing per layer of the trials whose new masks started at `logit_init` (task_options.logit_init)."""
     layers = _table_or_skip(tables, "continual_layers", LAYER_COLUMNS, name)
     if isinstance(layers, Skip):
         return layers
-    if experiment not in set(layers.column("experiment").to_pylist()):
-        return Skip(name, f"needs trials of {experiment}")
-    if reason := mixed(where(layers, experiment=experiment)):
+    layers = with_config(layers, {"task_options.logit_init": logit_init})
+    if not layers.num_rows:
+        return Skip(name, f"needs permuted-MNIST trials with task_options.logit_init={logit_init}")
+    if reason := mixed(layers):
         return Skip(name, reason)
-    layer_names, tasks, rows = sharing_percentages(layers, experiment)
+    layer_names, tasks, rows = sharing_percentages(layers)
     if not tasks:
-        return Skip(name, f"{experiment} has no second task (T2) yet")
+        return Skip(name, f"the trials with task_options.logit_init={logit_init} have no second task (T2) yet")
     labels = [_layer_label(i, len(layer_names)) for i in range(len(layer_names))]
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    _bars(ax, labels, {f"T{t + 1}": [_lookup(rows, layer=l, after_task=t) for l in layer_names] for t in tasks},
-          "weights shared [%]")
+    bars(ax, labels, {f"T{t + 1}": [lookup(rows, layer=l, after_task=t) for l in layer_names] for t in tasks},
+         "weights shared [%]")
     ax.set_title(title, fontsize=10)
     header = ", ".join(f"T{t + 1}" for t in tasks)
-    numbers = {f"{label}: shared % after {header}": ", ".join(_format(*_lookup(rows, layer=l, after_task=t))
+    numbers = {f"{label}: shared % after {header}": ", ".join(_format(*lookup(rows, layer=l, after_task=t))
                                                              for t in tasks)
                for label, l in zip(labels, layer_names)}
-    numbers[f"all layers: shared % after {header}"] = _all_layers(layers, experiment, tasks)
-    seeds = len(set(where(layers, experiment=experiment).column("seed").to_pylist()))
-    numbers["seeds"] = seeds
-    return Figure(name, title, _save(fig, out, name), numbers, paper)
+    numbers[f"all layers: shared % after {header}"] = _all_layers(layers, tasks)
+    numbers["seeds"] = len(set(layers.column("seed").to_pylist()))
+    return Figure(name, title, save(fig, out, name), numbers, paper)
 
 
-def _all_layers(layers: pa.Table, experiment: str, tasks: list[int]) -> str:
+def _all_layers(layers: pa.Table, tasks: list[int]) -> str:
     """Sharing over every weight matrix: Σ shared / Σ kept per trial, then mean ± std over seeds."""
-    table = where(layers, experiment=experiment, parameter="weight", after_task=tasks)
+    table = where(layers, parameter="weight", after_task=tasks)
     grouped = table.group_by(["trial_id", "after_task"]).aggregate([("kept", "sum"), ("shared_with_earlier", "sum")])
     grouped = with_ratio(grouped, "shared_with_earlier_sum", "kept_sum", "fraction")
     grouped = grouped.append_column("percent", pc.multiply(grouped["fraction"], 100.0))
     rows = mean_std(grouped, ["after_task"], "percent")
-    return ", ".join(_format(*_lookup(rows, after_task=t)) for t in tasks)
+    return ", ".join(_format(*lookup(rows, after_task=t)) for t in tasks)
 
 
 def _format(mean: float, std: float) -> str:
     return f"{mean:.1f} ± {std:.1f}"
 
 
+@figure("fig03_permuted_mnist_sharing")
 def figure_3(tables, out):
-    return _sharing_figure(tables, out, "fig03_permuted_mnist_sharing", "permuted-mnist",
+    return _sharing_figure(tables, out, "fig03_permuted_mnist_sharing", "default",
                            "Fig. 3: weights shared per layer after every second permuted-MNIST task", _PAPER_DEFAULT)
 
 
+@figure("fig15a_permuted_mnist_prefer_old")
 def figure_15a(tables, out):
-    return _sharing_figure(tables, out, "fig15a_permuted_mnist_prefer_old", "permuted-mnist-prefer-old",
+    return _sharing_figure(tables, out, "fig15a_permuted_mnist_prefer_old", "prefer-old",
                            "Fig. 15a: sharing, new masks start at logit 2 on used weights, 0 on free ones",
                            _PAPER_PREFER_OLD)
 
 
+@figure("fig15b_permuted_mnist_prefer_old_more")
 def figure_15b(tables, out):
-    return _sharing_figure(tables, out, "fig15b_permuted_mnist_prefer_old_more", "permuted-mnist-prefer-old-more",
+    return _sharing_figure(tables, out, "fig15b_permuted_mnist_prefer_old_more", "prefer-old-more",
                            "Fig. 15b: sharing, new masks start at logit 2 on used weights, -1 on free ones",
                            _PAPER_PREFER_OLD | {"all layers": said.FIG15B_MORE})
 
 
+@figure("permuted_mnist_accuracy")
 def figure_accuracy(tables, out):
     """Each task's test accuracy with its own mask after the last task, and the largest change of an
     earlier task's accuracy across later tasks (frozen weights: it must be exactly 0)."""
@@ -149,7 +148,7 @@ def figure_accuracy(tables, out):
     ax.legend(fontsize=8)
     title = "Permuted MNIST: each task's accuracy after the last task"
     ax.set_title(title, fontsize=10)
-    return Figure(name, title, _save(fig, out, name), numbers, {"largest change": said.FROZEN},
+    return Figure(name, title, save(fig, out, name), numbers, {"largest change": said.FROZEN},
                   {"largest change": "frozen weights: it must be exactly 0"})
 
 
@@ -164,5 +163,3 @@ def _largest_change(rows: pa.Table) -> float | str:
     spread = pc.subtract(grouped["accuracy_max"], grouped["accuracy_min"])
     return float(pc.max(spread).as_py())
 
-
-FIGURES = [figure_3, figure_15a, figure_15b, figure_accuracy]

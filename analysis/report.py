@@ -4,26 +4,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from analysis import cifar10, convergence, mathematics, permuted_mnist, scan
+from analysis import convergence
 from analysis.data import load_tables
-from analysis.figures import ALL_FIGURES, Skip
 from analysis.paper import Quote
+from analysis.plotting import FIGURES, Skip
 from analysis.selection import select
+from models.common import write_text_atomic
 
 
-def analyze(results_dirs: list[Path], out: Path, sweep: str | None = None,
+def analyze(results_dirs: list[Path | str], out: Path, sweep: str | None = None,
             where: dict[str, list[str]] | None = None) -> tuple[Path, list]:
     """-> (report path, [Figure | Skip]) of the trials of `sweep` (all if None) whose recorded config
-    matches `where` (key -> any of these values). Raises AnalysisInputError on unusable input."""
+    matches `where` (key -> any of these values). Every registered figure, in the order of their
+    names (the paper's figure numbers). Raises AnalysisInputError on unusable input."""
     tables = select(load_tables(results_dirs, sweep), where or {})
-    outcomes = [draw(tables, out) for draw in [*ALL_FIGURES, *mathematics.FIGURES, *permuted_mnist.FIGURES,
-                                               *cifar10.FIGURES, *scan.FIGURES]]
+    outcomes = [draw(tables, out) for _, draw in sorted(FIGURES.items())]
     report = out / "report.md"
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = report.with_name(".report.md.tmp")
-    tmp.write_text(render(outcomes, results_dirs, sweep, tables, where or {}))
-    tmp.replace(report)
+    write_text_atomic(render(outcomes, results_dirs, sweep, tables, where or {}), report)
     return report, outcomes
+
+
+def outcome_line(outcome) -> str:
+    """'  drew    out/fig01_....png' or '  skipped fig02_...: the reason', for a command's output."""
+    if isinstance(outcome, Skip):
+        return f"  skipped {outcome.name}: {outcome.reason}"
+    return f"  drew    {outcome.files[0]}"
 
 
 def render(outcomes: list, results_dirs, sweep, tables, where: dict | None = None) -> str:

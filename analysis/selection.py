@@ -92,6 +92,26 @@ def groups(table: pa.Table, by: tuple[str, ...] = (), across: tuple[str, ...] = 
             for values, trials in sorted(found.items(), key=lambda item: [_sort_key(v) for v in item[0]])]
 
 
+def with_config(table: pa.Table, config: dict) -> pa.Table:
+    """Rows of the trials whose recorded config has these values (a list: any of them), e.g.
+    with_config(layers, {"task": "addmul", "model.builder": "fnn"}); no rows when the table does not
+    record one of the keys. How a figure picks its trials: by what was recorded, never a preset name."""
+    for key, value in config.items():
+        try:
+            wanted = pa.array(value if isinstance(value, list) else [value]).cast(table[key].type)
+        except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            return table.slice(0, 0)  # not recorded, or recorded as another type (all nulls): no such trial
+        table = table.filter(pc.is_in(table[key], wanted))
+    return table
+
+
+def describe(config: dict) -> str:
+    """{"task": "double_add", "task_options.presentation": ["a", "b"]} -> 'task double_add,
+    task_options.presentation a or b': the trials a figure needs, in its Skip reason."""
+    return ", ".join(f"{key} {' or '.join(map(_format, value if isinstance(value, list) else [value]))}"
+                     for key, value in config.items())
+
+
 def mixed(table: pa.Table, by: tuple[str, ...] = ()) -> str | None:
     """For figures that draw one group per setting of `by` only: the refusal when trials agreeing on
     `by` still differ in another key, else None."""

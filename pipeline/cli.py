@@ -191,8 +191,7 @@ def analyze_command(target: str, results_dir: Path, out: Path | None, where: tup
     """Draw the paper's figures from Parquet. TARGET: a sweep name, an experiment name (its single
     runs), a results directory or a storage URI (s3://, gs://, file://...)."""
     from analysis.data import AnalysisInputError
-    from analysis.figures import Skip
-    from analysis.report import analyze
+    from analysis.report import analyze, outcome_line
     from analysis.selection import parse_where
 
     try:
@@ -205,8 +204,7 @@ def analyze_command(target: str, results_dir: Path, out: Path | None, where: tup
     if note:
         click.echo(note)
     for outcome in outcomes:
-        click.echo(f"  skipped {outcome.name}: {outcome.reason}" if isinstance(outcome, Skip)
-                   else f"  drew    {outcome.files[0]}")
+        click.echo(outcome_line(outcome))
     click.echo(f"report: {report}")
     if sweep:
         from pipeline import records

@@ -8,12 +8,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from analysis.arithmetic import figure_8, figure_9, figure_11, multiplication_to_addition_ratio, recommend_beta
 from analysis.data import AnalysisInputError, load_tables
-from analysis.figures import Figure, Skip, figure_8, figure_9, figure_11, multiplication_to_addition_ratio, recommend_beta
+from analysis.plotting import Figure, Skip
 from analysis.report import analyze
 from analysis.stats import mean_std, with_ratio
 
-BASE = {"experiment": "addmul-fnn", "sweep": "s"}
+BASE = {"experiment": "addmul-fnn", "study": "masks", "task": "addmul", "model.builder": "fnn", "sweep": "s"}
 
 
 def _write(root: Path, table: str, rows: list[dict]):

@@ -7,7 +7,7 @@ import pytest
 
 from analysis.cifar10 import figure_6a, figure_6b, figure_18, figure_19, figure_20, figure_iou, relative_drops
 from analysis.data import load_tables
-from analysis.figures import Figure, Skip
+from analysis.plotting import Figure, Skip
 from analysis.report import analyze
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -20,7 +20,8 @@ def _write(root, table, trial, rows):
 
 
 def _confusion_rows(mask, matrix, seed):
-    return [{"experiment": "cifar10-cnn", "sweep": "", "seed": seed, "mask": mask, "true_class": CLASSES[t],
+    return [{"experiment": "cifar10-cnn", "study": "class-removal", "task": "cifar10", "model.builder": "simple_cnn",
+             "model.dropout": True, "sweep": "", "seed": seed, "mask": mask, "true_class": CLASSES[t],
              "predicted_class": CLASSES[p], "count": int(matrix[t, p])} for t in range(10) for p in range(10)]
 
 

@@ -26,7 +26,7 @@ def _write(record: Path, study: str, table: str, rows: list[dict]) -> None:
 
 def _layers(trial: str, shared: dict[str, float], kept_add: int, kept_mul: int) -> list[dict]:
     common = {"trial_id": trial, "experiment": "addmul-fnn", "seed": int(trial[-1]), "sweep": "addmul",
-              "model.builder": "fnn", "model.size": "small"}
+              "task": "addmul", "model.builder": "fnn", "model.size": "small"}
     rows = [{**common, "mask": "add", "layer": layer, "total": 1000, "kept": 100, "shared": int(100 * fraction)}
             for layer, fraction in shared.items()]
     rows += [{**common, "mask": "add", "layer": "all", "total": 4000, "kept": kept_add, "shared": 0},
@@ -83,14 +83,14 @@ def test_the_paper_column_quotes_the_paper(study, name, paper, measure):
 
 def test_permuted_mnist_prefer_old_raising_sharing_below_half_holds(tmp_path):
     rows = []
-    for experiment, shared in (("permuted-mnist", 20), ("permuted-mnist-prefer-old", 40),
-                               ("permuted-mnist-prefer-old-more", 45)):
+    for experiment, shared, init in (("permuted-mnist", 20, "default"), ("permuted-mnist-prefer-old", 40, "prefer-old"),
+                                     ("permuted-mnist-prefer-old-more", 45, "prefer-old-more")):
         for seed in (0, 1):
             for layer in ("layers.0", "layers.3"):
-                rows.append({"trial_id": f"{experiment}-{seed}", "experiment": experiment, "sweep": "permuted-mnist",
-                             "after_task": 4, "layer": layer, "total": 1000, "kept": 100, "shared_with_earlier": shared})
-                rows.append({"trial_id": f"{experiment}-{seed}", "experiment": experiment, "sweep": "permuted-mnist",
-                             "after_task": 2, "layer": layer, "total": 1000, "kept": 100, "shared_with_earlier": 90})
+                common = {"trial_id": f"{experiment}-{seed}", "experiment": experiment, "sweep": "permuted-mnist",
+                          "task_options.logit_init": init, "layer": layer, "total": 1000, "kept": 100}
+                rows.append(common | {"after_task": 4, "shared_with_earlier": shared})
+                rows.append(common | {"after_task": 2, "shared_with_earlier": 90})
     _write(tmp_path, "permuted-mnist", "continual_layers", rows)
     row = next(f for f in all_findings(tmp_path) if f.name.startswith("Permuted MNIST"))
     # after the last task (4): 200 of 200 kept -> 20 % default, 40 % and 45 % preferring old weights

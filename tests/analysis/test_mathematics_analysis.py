@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from analysis.data import load_tables
-from analysis.figures import Figure, Skip
+from analysis.plotting import Figure, Skip
 from analysis.mathematics import figure_5
 
 
@@ -19,8 +19,8 @@ def _write_metrics(root: Path, rows: list[dict]) -> None:
 
 
 def _trial(trial: str, module: str, seed: int, none: float, iid: float, easy: float) -> list[dict]:
-    base = {"trial_id": trial, "experiment": f"mathematics-{module}", "seed": seed, "sweep": "mathematics",
-            "task_options.module": module}
+    base = {"trial_id": trial, "experiment": f"mathematics-{module}", "task": "mathematics", "seed": seed,
+            "sweep": "mathematics", "task_options.module": module}
     rows = [base | {"mask": m, "subtask": "valid-hard", "accuracy": a} for m, a in
             (("none", none), ("iid", iid), ("easy", easy), ("not-easy", 0.0))]
     return rows + [base | {"mask": "easy", "subtask": "valid-easy", "accuracy": 0.99}]

@@ -4,21 +4,22 @@
 import pytest
 
 from analysis.data import load_tables
-from analysis.figures import Figure, Skip
+from analysis.plotting import Figure, Skip
 from analysis.permuted_mnist import figure_3, figure_15a, figure_accuracy
 from analysis.report import analyze
 from tests.analysis.test_analysis import _write
 
 
 def _layer(trial, seed, after, layer, kept, shared, parameter="weight"):
-    return {"trial_id": trial, "experiment": "permuted-mnist", "sweep": "s", "seed": seed, "after_task": after,
+    return {"trial_id": trial, "experiment": "permuted-mnist", "task": "permuted_mnist",
+            "task_options.logit_init": "default", "sweep": "s", "seed": seed, "after_task": after,
             "layer": f"layers.{layer}", "parameter": parameter, "total": 1000, "kept": kept,
             "shared_with_earlier": shared}
 
 
 def _accuracy(trial, seed, after, evaluated, accuracy):
-    return {"trial_id": trial, "experiment": "permuted-mnist", "sweep": "s", "seed": seed, "after_task": after,
-            "evaluated_task": evaluated, "accuracy": accuracy}
+    return {"trial_id": trial, "experiment": "permuted-mnist", "task": "permuted_mnist", "sweep": "s", "seed": seed,
+            "after_task": after, "evaluated_task": evaluated, "accuracy": accuracy}
 
 
 def _layer_rows():

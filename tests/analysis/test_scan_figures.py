@@ -11,12 +11,12 @@ SPLITS = ["simple", "length", "addprim_jump", "addprim_turn_left"]
 
 
 def _metrics(trial, seed, mask, subtask, accuracy):
-    return {"trial_id": trial, "experiment": "scan-lstm", "sweep": "scan", "seed": seed, "mask": mask,
+    return {"trial_id": trial, "experiment": "scan-lstm", "task": "scan", "sweep": "scan", "seed": seed, "mask": mask,
             "subtask": subtask, "accuracy": accuracy}
 
 
 def _removal(trial, seed, mask, token, percent):
-    return {"trial_id": trial, "experiment": "scan-lstm", "sweep": "scan", "seed": seed, "mask": mask,
+    return {"trial_id": trial, "experiment": "scan-lstm", "task": "scan", "sweep": "scan", "seed": seed, "mask": mask,
             "token": token, "weights": 200, "removed": int(2 * percent), "removed_percent": percent}
 
 

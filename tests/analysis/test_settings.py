@@ -4,9 +4,9 @@ import matplotlib.pyplot as plt
 import pyarrow as pa
 import pytest
 
+from analysis.arithmetic import _beta_panel, _histogram, figure_1, figure_7, figure_9, figure_10, figure_11
 from analysis.data import load_tables
-from analysis.figures import (Figure, Skip, _beta_panel, _histogram, figure_1, figure_7, figure_9, figure_10,
-                              figure_11)
+from analysis.plotting import Figure, Skip
 from analysis.selection import SelectionError, parse_where, select
 from tests.analysis.test_analysis import _layers_row, _metrics_row, _write
 
@@ -131,9 +131,12 @@ def test_study_figures_refuse_to_average_other_settings(tmp_path):
     from analysis.permuted_mnist import figure_accuracy
     from analysis.scan import figure_4a
 
+    tasks = {"permuted-mnist": "permuted_mnist", "scan-lstm": "scan", "mathematics-x": "mathematics",
+             "mask-stability": "cifar10"}
+
     def trial(experiment, size, seed, **row):
-        return {"trial_id": f"{experiment}-{size}-{seed}", "experiment": experiment, "sweep": "", "seed": seed,
-                "model.size": size, **row}
+        return {"trial_id": f"{experiment}-{size}-{seed}", "experiment": experiment, "task": tasks[experiment],
+                "sweep": "", "seed": seed, "model.size": size, **row}
 
     pairs = [(size, seed) for size in ("a", "b") for seed in (0, 1)]
     _write(tmp_path, "continual", [trial("permuted-mnist", s, k, after_task=0, evaluated_task=0, accuracy=0.9)
@@ -160,8 +163,8 @@ def test_a_folder_of_alpha_sensitivity_and_sharing_vs_capacity_smoke_sweeps(tmp_
     for sweep, size, beta in points:
         for seed in (0, 1):
             trial = f"{sweep}-{size}-{beta}-{seed}"
-            base = {"trial_id": trial, "experiment": "addmul-fnn", "sweep": sweep, "seed": seed, "model.size": size,
-                    "mask.beta": beta}
+            base = {"trial_id": trial, "experiment": "addmul-fnn", "study": "masks", "task": "addmul",
+                    "model.builder": "fnn", "sweep": sweep, "seed": seed, "model.size": size, "mask.beta": beta}
             layers += [base | {"mask": m, "layer": layer, "total": 100, "kept": 50, "shared": 25}
                        for m in ("add", "mul") for layer in ("layers.0", "all")]
             metrics += [base | {"mask": m, "subtask": s, "accuracy": 0.9} for m in ("none", "add", "mul", "not-add",

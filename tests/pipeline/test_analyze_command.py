@@ -7,8 +7,8 @@ from tests.analysis.test_analysis import _layers_row, _write
 
 
 def _continual(trial, experiment, sweep):
-    return {"trial_id": trial, "experiment": experiment, "sweep": sweep, "seed": 0, "after_task": 0,
-            "evaluated_task": 0, "accuracy": 0.9}
+    return {"trial_id": trial, "experiment": experiment, "task": "permuted_mnist", "sweep": sweep, "seed": 0,
+            "after_task": 0, "evaluated_task": 0, "accuracy": 0.9}
 
 
 def _analyze(*arguments):

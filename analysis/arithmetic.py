@@ -1,90 +1,43 @@
-"""The paper's arithmetic figures from Parquet tables: mean ± std over seeds, PNG and PDF.
+"""The paper's arithmetic figures (Sections 3.1-3.2, Appendices C.2-C.4) from Parquet tables: mean ±
+std over seeds, PNG and PDF.
 
 Each figure function takes the loaded tables and an output folder and returns a Figure (with its
-key numbers beside the paper's) or a Skip with the reason it could not be drawn.
+key numbers beside the paper's) or a Skip with the reason it could not be drawn. It picks its trials
+by their recorded study and config (ADDMUL, DOUBLE_ADD, ...), and draws a panel per experiment and
+every other setting that differs among them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
+import matplotlib.pyplot as plt
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
-import matplotlib
+from analysis import paper as said
+from analysis.plotting import Figure, Skip, bars, figure, lookup, save
+from analysis.selection import describe, groups, with_config
+from analysis.stats import layer_order, mean_std, where, with_ratio
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.compute as pc  # noqa: E402
-
-from analysis import paper as said  # noqa: E402
-from analysis.selection import groups  # noqa: E402
-from analysis.stats import layer_order, mean_std, where, with_ratio  # noqa: E402
-
-ADDMUL = ["addmul-fnn", "addmul-lstm"]
-DOUBLE_ADD = ["double-add-fnn", "double-add-lstm", "double-add-lstm-sequential"]
+# The trials of each figure, as recorded (the presets are in pipeline/studies/arithmetic.py).
+ADDMUL = {"study": "masks", "task": "addmul"}
+ADDMUL_FNN = ADDMUL | {"model.builder": "fnn"}
+DOUBLE_ADD = {"study": "masks", "task": "double_add"}
+BOTH_PAIRS_AT_ONCE = DOUBLE_ADD | {"task_options.presentation": ["two_passes", "repeat6"]}
+ONE_PAIR_AT_A_TIME = DOUBLE_ADD | {"task_options.presentation": "sequential_pairs"}
 SIZE_ORDER = ["small", "medium", "big", "huge"]
 MAX_PANELS = 8  # more settings than this in one figure: it refuses and says how to select
 
 
-@dataclass
-class Figure:
-    name: str
-    title: str
-    files: list[Path]
-    numbers: dict = field(default_factory=dict)  # key numbers we measured
-    paper: dict = field(default_factory=dict)  # quantity (a substring of a numbers key) -> analysis.paper.Quote
-    reading: dict = field(default_factory=dict)  # quantity -> our reading of our numbers beside the paper
-
-
-@dataclass
-class Skip:
-    name: str
-    reason: str
-
-
-def _save(fig, out: Path, name: str) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    files = [out / f"{name}.png", out / f"{name}.pdf"]
-    for path in files:
-        fig.savefig(path, bbox_inches="tight", dpi=120)
-    plt.close(fig)
-    return files
-
-
-def _bars(ax, groups: list[str], series: dict[str, list[tuple[float, float]]], ylabel: str) -> None:
-    """Grouped bars with std error bars: series name -> [(mean, std) per group]."""
-    width = 0.8 / max(1, len(series))
-    for i, (label, values) in enumerate(series.items()):
-        means = [v[0] for v in values]
-        stds = [v[1] for v in values]
-        ax.bar(np.arange(len(groups)) + i * width, means, width, yerr=stds, label=label, capsize=3)
-    ax.set_xticks(np.arange(len(groups)) + width * (len(series) - 1) / 2, groups, rotation=20)
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8)
-
-
-def _lookup(rows: list[dict], **keys) -> tuple[float, float]:
-    for r in rows:
-        if all(r[k] == v for k, v in keys.items()):
-            return r["mean"], r["std"]
-    return float("nan"), 0.0
-
-
-def _experiments(table: pa.Table, wanted: list[str]) -> list[str]:
-    present = set(table.column("experiment").to_pylist())
-    return [e for e in wanted if e in present]
-
-
-def _setting_panels(tables, table: str, name: str, wanted: list[str]):
-    """One panel per setting of the wanted experiments' trials: experiment, model size and every
-    other config key that differs among them (β, ...): (fig, [(ax, Group)]) or a Skip saying there
-    are none, or too many to show and how to select."""
+def _setting_panels(tables, table: str, name: str, selection: dict):
+    """One panel per setting of the selected trials: experiment, model size and every other config
+    key that differs among them (β, ...): (fig, [(ax, Group)]) or a Skip saying there are none, or
+    too many to show and how to select."""
     if table not in tables:
         return Skip(name, f"no {table} table")
-    rows = where(tables[table], experiment=wanted)
+    rows = with_config(tables[table], selection)
     if not rows.num_rows:
-        return Skip(name, f"needs trials of {', '.join(wanted)}")
+        return Skip(name, f"needs trials of {describe(selection)}")
     found = groups(rows, by=("experiment", "model.size"), limit=MAX_PANELS)
     if isinstance(found, str):
         return Skip(name, found)
@@ -93,36 +46,38 @@ def _setting_panels(tables, table: str, name: str, wanted: list[str]):
 
 
 # -- sharing per layer: Figs. 1 and 13 -----------------------------------------------------------------
-def _sharing_per_layer(tables, out, name, experiments_wanted, title, paper: dict) -> Figure | Skip:
-    panels = _setting_panels(tables, "layers", name, experiments_wanted)
+def _sharing_per_layer(tables, out, name, selection, title, paper: dict) -> Figure | Skip:
+    panels = _setting_panels(tables, "layers", name, selection)
     if isinstance(panels, Skip):
         return panels
     fig, panels = panels
     numbers = {}
     for ax, group in panels:
-        experiment = group.label
+        label = group.label
         table = group.rows(tables["layers"])
         table = with_ratio(table.filter(table["shared"].is_valid()), "shared", "kept", "shared_fraction")
         rows = mean_std(table, ["mask", "layer"], "shared_fraction")
         masks = sorted({r["mask"] for r in rows})
         layers = [l for l in dict.fromkeys(r["layer"] for r in rows) if l != "all"]
         layers = sorted(layers, key=layer_order) + ["all"]
-        _bars(ax, layers, {m: [tuple(100 * x for x in _lookup(rows, mask=m, layer=l)) for l in layers] for m in masks},
-              "shared [%]")
-        ax.set_title(experiment)
+        bars(ax, layers, {m: [tuple(100 * x for x in lookup(rows, mask=m, layer=l)) for l in layers] for m in masks},
+             "shared [%]")
+        ax.set_title(label)
         for m in masks:
-            numbers[f"{experiment} {m}: shared % per layer"] = ", ".join(
-                f"{l} {100 * _lookup(rows, mask=m, layer=l)[0]:.0f}" for l in layers)
+            numbers[f"{label} {m}: shared % per layer"] = ", ".join(
+                f"{l} {100 * lookup(rows, mask=m, layer=l)[0]:.0f}" for l in layers)
     fig.suptitle(title, y=1.03)
-    return Figure(name, title, _save(fig, out, name), numbers, paper)
+    return Figure(name, title, save(fig, out, name), numbers, paper)
 
 
+@figure("fig01_sharing_per_layer_addmul")
 def figure_1(tables, out):
     return _sharing_per_layer(tables, out, "fig01_sharing_per_layer_addmul", ADDMUL,
                               "Fig. 1: weights shared between add and mul, per layer",
                               {"sharing per layer": said.FIG1_IO_SHARING})
 
 
+@figure("fig13_sharing_per_layer_double_add")
 def figure_13(tables, out):
     return _sharing_per_layer(tables, out, "fig13_sharing_per_layer_double_add", DOUBLE_ADD,
                               "Fig. 13: weights shared between pair 1 and pair 2, per layer",
@@ -130,41 +85,44 @@ def figure_13(tables, out):
 
 
 # -- accuracy with (inverted) masks: Figs. 2, 10, 14 -----------------------------------------------
-def _mask_accuracy(tables, out, name, experiments_wanted, masks, subtasks, title, paper: dict) -> Figure | Skip:
-    panels = _setting_panels(tables, "metrics", name, experiments_wanted)
+def _mask_accuracy(tables, out, name, selection, masks, subtasks, title, paper: dict) -> Figure | Skip:
+    panels = _setting_panels(tables, "metrics", name, selection)
     if isinstance(panels, Skip):
         return panels
     fig, panels = panels
     numbers = {}
     for ax, group in panels:
-        experiment = group.label
+        label = group.label
         rows = mean_std(group.rows(tables["metrics"]), ["mask", "subtask"], "accuracy")
         labels = [m.replace("not-", "¬") for m in masks]
-        _bars(ax, labels, {s: [tuple(100 * x for x in _lookup(rows, mask=m, subtask=s)) for m in masks]
-                           for s in subtasks}, "accuracy [%]")
-        ax.set_title(experiment)
+        bars(ax, labels, {s: [tuple(100 * x for x in lookup(rows, mask=m, subtask=s)) for m in masks]
+                          for s in subtasks}, "accuracy [%]")
+        ax.set_title(label)
         for m in masks:
-            numbers[f"{experiment} mask {m}"] = ", ".join(
-                f"{s} {100 * _lookup(rows, mask=m, subtask=s)[0]:.1f}%" for s in subtasks)
+            numbers[f"{label} mask {m}"] = ", ".join(
+                f"{s} {100 * lookup(rows, mask=m, subtask=s)[0]:.1f}%" for s in subtasks)
     fig.suptitle(title, y=1.03)
-    return Figure(name, title, _save(fig, out, name), numbers, paper)
+    return Figure(name, title, save(fig, out, name), numbers, paper)
 
 
 PAIR_MASKS, PAIRS = ["none", "pair1", "pair2", "not-pair1", "not-pair2"], ["pair1", "pair2"]
 
 
+@figure("fig02_double_add_accuracy")
 def figure_2(tables, out):
-    return _mask_accuracy(tables, out, "fig02_double_add_accuracy", ["double-add-fnn", "double-add-lstm"],
+    return _mask_accuracy(tables, out, "fig02_double_add_accuracy", BOTH_PAIRS_AT_ONCE,
                           PAIR_MASKS, PAIRS, "Fig. 2: double addition, accuracy per pair with each mask",
                           {"mask not-pair": said.FIG2_INDEPENDENT})
 
 
+@figure("fig14_double_add_sequential_accuracy")
 def figure_14(tables, out):
-    return _mask_accuracy(tables, out, "fig14_double_add_sequential_accuracy", ["double-add-lstm-sequential"],
+    return _mask_accuracy(tables, out, "fig14_double_add_sequential_accuracy", ONE_PAIR_AT_A_TIME,
                           PAIR_MASKS, PAIRS, "Fig. 14: LSTM with one pair at a time",
                           {"against Fig. 2": said.FIG14_NO_IMPROVEMENT})
 
 
+@figure("fig10_addmul_inverted_masks")
 def figure_10(tables, out):
     return _mask_accuracy(tables, out, "fig10_addmul_inverted_masks", ADDMUL,
                           ["none", "add", "mul", "not-add", "not-mul"], ["add", "mul"],
@@ -173,6 +131,7 @@ def figure_10(tables, out):
 
 
 # -- Fig. 11: weights per operation --------------------------------------------------------------------
+@figure("fig11_weights_per_operation")
 def figure_11(tables, out):
     name = "fig11_weights_per_operation"
     panels = _setting_panels(tables, "layers", name, ADDMUL)
@@ -181,16 +140,16 @@ def figure_11(tables, out):
     fig, panels = panels
     numbers = {}
     for ax, group in panels:
-        experiment = group.label
+        label = group.label
         table = where(group.rows(tables["layers"]), mask=["add", "mul"])
         rows = mean_std(table, ["mask", "layer"], "kept")
         layers = sorted({r["layer"] for r in rows if r["layer"] != "all"}, key=layer_order)
-        _bars(ax, layers, {m: [_lookup(rows, mask=m, layer=l) for l in layers] for m in ("add", "mul")}, "weights")
-        ax.set_title(experiment)
+        bars(ax, layers, {m: [lookup(rows, mask=m, layer=l) for l in layers] for m in ("add", "mul")}, "weights")
+        ax.set_title(label)
         ratio = multiplication_to_addition_ratio(group.rows(tables["layers"]))
-        numbers[f"{experiment} mul/add weights"] = f"{ratio:.2f}x"
+        numbers[f"{label} mul/add weights"] = f"{ratio:.2f}x"
     fig.suptitle("Fig. 11: weights used per operation", y=1.03)
-    return Figure(name, "Fig. 11: weights per operation per layer", _save(fig, out, name), numbers,
+    return Figure(name, "Fig. 11: weights per operation per layer", save(fig, out, name), numbers,
                   {"mul/add weights": said.FIG11_RATIO})
 
 
@@ -205,34 +164,36 @@ def multiplication_to_addition_ratio(layers: pa.Table) -> float:
 
 
 # -- Fig. 12: operation performed ----------------------------------------------------------------------
+@figure("fig12_operation_performed")
 def figure_12(tables, out):
     name = "fig12_operation_performed"
-    if "operations" not in tables or not _experiments(tables["operations"], ADDMUL):
-        return Skip(name, "needs add/mul trials (operations table)")
-    found = groups(where(tables["operations"], experiment=ADDMUL), by=("experiment", "model.size"), limit=4)
+    operations = with_config(tables["operations"], ADDMUL) if "operations" in tables else None
+    if operations is None or not operations.num_rows:
+        return Skip(name, f"needs trials of {describe(ADDMUL)} (operations table)")
+    found = groups(operations, by=("experiment", "model.size"), limit=4)
     if isinstance(found, str):
         return Skip(name, found)
     fig, axes = plt.subplots(len(found), 3, figsize=(10, 3 * len(found)), squeeze=False)
     numbers = {}
     for row_axes, group in zip(axes, found):
-        experiment = group.label
-        rows = mean_std(group.rows(tables["operations"]), ["mask", "subtask", "operation"], "fraction")
+        label = group.label
+        rows = mean_std(group.rows(operations), ["mask", "subtask", "operation"], "fraction")
         for ax, mask in zip(row_axes, ["none", "add", "mul"]):
-            grid = np.array([[_lookup(rows, mask=mask, subtask=s, operation=o)[0] for o in ("add", "mul", "none")]
+            grid = np.array([[lookup(rows, mask=mask, subtask=s, operation=o)[0] for o in ("add", "mul", "none")]
                              for s in ("add", "mul")])
             ax.imshow(grid, vmin=0, vmax=1, cmap="viridis")
             ax.set_xticks(range(3), ["add", "mul", "none"])
             ax.set_yticks(range(2), ["add", "mul"])
-            ax.set_title(f"{experiment}: mask {mask}", fontsize=9)
+            ax.set_title(f"{label}: mask {mask}", fontsize=9)
             for (i, j), v in np.ndenumerate(grid):
                 ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", color="w")
             if mask != "none":
                 other = "mul" if mask == "add" else "add"
-                numbers[f"{experiment} mask {mask} asked for {other}: performs"] = ", ".join(
-                    f"{o} {100 * _lookup(rows, mask=mask, subtask=other, operation=o)[0]:.0f}%"
+                numbers[f"{label} mask {mask} asked for {other}: performs"] = ", ".join(
+                    f"{o} {100 * lookup(rows, mask=mask, subtask=other, operation=o)[0]:.0f}%"
                     for o in ("add", "mul", "none"))
     fig.suptitle("Fig. 12: operation performed (rows: asked, columns: performed)", y=1.03)
-    return Figure(name, "Fig. 12: operation actually performed under each mask", _save(fig, out, name), numbers,
+    return Figure(name, "Fig. 12: operation actually performed under each mask", save(fig, out, name), numbers,
                   {"operation performed": said.FIG12_BEHAVIOUR})
 
 
@@ -240,6 +201,7 @@ def figure_12(tables, out):
 LOW_CUTOFF = 0.0002  # Fig. 7a leaves out σ(l) below this: "bottom 10% of the first bin" of 500
 
 
+@figure("fig07_keep_probability_histograms")
 def figure_7(tables, out):
     name = "fig07_keep_probability_histograms"
     if "histograms" not in tables or tables["histograms"].num_rows == 0:
@@ -272,7 +234,7 @@ def figure_7(tables, out):
     for ax in (linear, log):
         ax.set_xlabel("σ(l)")
         ax.legend(fontsize=7)
-    return Figure(name, "Fig. 7: histogram of mask probabilities σ(l)", _save(fig, out, name), numbers,
+    return Figure(name, "Fig. 7: histogram of mask probabilities σ(l)", save(fig, out, name), numbers,
                   {"[0.1, 0.9)": said.FIG7_THRESHOLD, f"< {LOW_CUTOFF:g}": said.FIG7_LOW_VALUES})
 
 
@@ -310,20 +272,21 @@ def recommend_beta(metrics: pa.Table, threshold: float = 0.95) -> dict[str, floa
 PAPER_BETA = 1e-4  # Fig. 8's red line and star: "the value chosen for our experiments" (App. C.3: β = 10⁻⁴)
 
 
+@figure("fig08_beta_sensitivity")
 def figure_8(tables, out):
     name = "fig08_beta_sensitivity"
     if "metrics" not in tables or "layers" not in tables:
         return Skip(name, "needs metrics and layers tables")
-    metrics = where(tables["metrics"], experiment="addmul-fnn")
+    metrics = with_config(tables["metrics"], ADDMUL_FNN)
     if not metrics.num_rows:
-        return Skip(name, "needs addmul-fnn trials; run the alpha-sensitivity sweep")
+        return Skip(name, f"needs trials of {describe(ADDMUL_FNN)}; run the alpha-sensitivity sweep")
     found = groups(metrics, by=("model.size",), across=("mask.beta",), limit=4)
     if isinstance(found, str):
         return Skip(name, found)
     panels = [g for g in found if len(set(g.rows(metrics).column("mask.beta").to_pylist())) > 1]
     if not panels:
-        return Skip(name, "needs addmul-fnn trials of one size at several β; run the alpha-sensitivity sweep")
-    layers = where(tables["layers"], experiment="addmul-fnn", mask="add", layer="all")
+        return Skip(name, "needs add/mul FNN trials of one size at several β; run the alpha-sensitivity sweep")
+    layers = where(with_config(tables["layers"], ADDMUL_FNN), mask="add", layer="all")
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
     numbers = {}
     for ax, group in zip(axes[0], panels):
@@ -331,7 +294,7 @@ def figure_8(tables, out):
         ax.set_title(f"size {group.label}" if group.label else "")
         numbers[f"recommended β, {group.label or 'all'}"] = recommended
     fig.suptitle("Fig. 8: β sensitivity (colour: total sharing %)", y=1.03)
-    return Figure(name, "Fig. 8: sensitivity to β", _save(fig, out, name), numbers,
+    return Figure(name, "Fig. 8: sensitivity to β", save(fig, out, name), numbers,
                   {"recommended β": said.FIG8_HEURISTIC, "red line and star": said.FIG8_CHOSEN,
                    "chosen β": said.FIG8_BETA, "sensitivity": said.FIG8_INSENSITIVE},
                   {"recommended β": "App. C.2's heuristic on our control masks; drawn beside the paper's β = 1e-4"})
@@ -345,7 +308,7 @@ def _beta_panel(ax, fig, metrics: pa.Table, layers: pa.Table) -> float | None:
     x = [r["mask.beta"] for r in rows]
     accuracy = [100 * r["mean"] for r in rows]
     ax.errorbar(x, accuracy, [100 * r["std"] for r in rows], marker="o", label="control-mask accuracy", zorder=2)
-    points = ax.scatter(x, accuracy, c=[100 * _lookup(sharing, **{"mask.beta": b})[0] for b in x], cmap="viridis",
+    points = ax.scatter(x, accuracy, c=[100 * lookup(sharing, **{"mask.beta": b})[0] for b in x], cmap="viridis",
                         zorder=3)
     fig.colorbar(points, ax=ax, label="total sharing [%]")
     recommended = next(iter(recommend_beta(metrics).values()), None)
@@ -368,16 +331,17 @@ def _size_order(size: str):
     return (SIZE_ORDER.index(size), size) if size in SIZE_ORDER else (len(SIZE_ORDER), size)
 
 
+@figure("fig09_sharing_vs_size")
 def figure_9(tables, out):
     name = "fig09_sharing_vs_size"
     if "layers" not in tables:
         return Skip(name, "no layers table")
-    layers = where(tables["layers"], experiment="addmul-fnn", mask="add", layer="all")
+    layers = where(with_config(tables["layers"], ADDMUL_FNN), mask="add", layer="all")
     if not layers.num_rows:
-        return Skip(name, "needs addmul-fnn trials of several sizes; run sharing-vs-capacity")
+        return Skip(name, f"needs trials of {describe(ADDMUL_FNN)} at several sizes; run sharing-vs-capacity")
     sizes = sorted(set(layers.column("model.size").to_pylist()), key=_size_order)
     if len(sizes) < 2:
-        return Skip(name, f"needs addmul-fnn trials of several sizes (found {sizes}); run sharing-vs-capacity")
+        return Skip(name, f"needs add/mul FNN trials of several sizes (found {sizes}); run sharing-vs-capacity")
     lines = groups(layers, across=("model.size",), limit=MAX_PANELS)
     if isinstance(lines, str):
         return Skip(name, lines)
@@ -396,8 +360,6 @@ def figure_9(tables, out):
     ax.set_title("Fig. 9: sharing of the add mask against network size")
     if len(lines) > 1:
         ax.legend(fontsize=7)
-    return Figure(name, "Fig. 9: sharing against network size", _save(fig, out, name), numbers,
+    return Figure(name, "Fig. 9: sharing against network size", save(fig, out, name), numbers,
                   {"size": said.FIG9_CHANGES, "underfitting": said.FIG9_UNDERFITTING})
 
-
-ALL_FIGURES = [figure_1, figure_2, figure_7, figure_8, figure_9, figure_10, figure_11, figure_12, figure_13, figure_14]
