@@ -52,6 +52,7 @@ class SweepOptions:
     storage_uri: str | None = None
     verbose: bool = False
     pack_size: int | None = None  # None: by device (pipeline.plan.default_pack_size)
+    memory_per_trial: float | None = None  # GB Ray reserves per Tune trial (a pack), so a node runs only what fits
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ def _run_as_driver(driver: _Driver) -> SweepSummary:
     def stop_without_ray() -> None:
         """SIGTERM to the whole process group also stops Ray's own processes, and then Tune cannot end
         the sweep: record and say what the trial folders show, and exit as a stopped sweep does."""
-        summary = finish([(trial, False) for trial in driver.plan.trials], "SIGTERM")
+        summary = finish([(trial, None) for trial in driver.plan.trials], "SIGTERM")
         print("\n".join(summary_lines(summary)), flush=True)
         os._exit(143)
 
@@ -150,8 +151,15 @@ def _run_as_driver(driver: _Driver) -> SweepSummary:
         records.kill_running_children(uri, parent)
         records.end_trial_run(uri, parent, error)
         raise
-    return finish([(driver.plan.trial(trial_id), result.error is not None) for result in grid
-                   for trial_id in result.config["trial"]["ids"]], stopped_by)
+    return finish([(trial, result.error) for result in grid for trial in _run_of(result, driver.plan).trials],
+                  stopped_by)
+
+
+def _run_of(result, plan: SweepPlan):
+    """The planned Tune trial a Tune result belongs to, by its number in the grid (its folder is
+    trial_dirname's "<experiment tag>_<number>_<first id>"): a trial that failed before it reported
+    anything has no config in its result."""
+    return plan.runs[int(Path(result.path).name.split("_")[1])]
 
 
 def _fit(driver: _Driver, space: dict, stop_without_ray=None) -> tuple:
@@ -169,7 +177,7 @@ def _fit(driver: _Driver, space: dict, stop_without_ray=None) -> tuple:
         ray.init(num_cpus=options.num_cpus, include_dashboard=False, ignore_reinit_error=True,
                  log_to_driver=options.verbose)
     try:
-        trainable = tune.with_resources(sweep_trial, {"cpu": options.cpus_per_trial, "gpu": driver.gpus_per_trial})
+        trainable = tune.with_resources(sweep_trial, _resources(driver))
         tuner = _tuner(driver, trainable, space)
         stopped = {"by": ""}  # Tune's own SIGINT handler ends fit() normally, its trials unfinished
         try:
@@ -179,6 +187,24 @@ def _fit(driver: _Driver, space: dict, stop_without_ray=None) -> tuple:
             return tune.Tuner.restore(driver.sweep_dir, trainable).get_results(), stopped["by"] or "SIGINT"
     finally:
         ray.shutdown()
+
+
+def _resources(driver: _Driver) -> dict:
+    """What Ray reserves per Tune trial: CPUs, GPU share and, where asked, memory (Ray's `memory`
+    resource: a node starts only as many trials as their reservations fit in its memory)."""
+    import ray
+
+    options = driver.options
+    resources = {"cpu": options.cpus_per_trial, "gpu": driver.gpus_per_trial}
+    if options.memory_per_trial:
+        wanted = options.memory_per_trial * 2**30
+        largest = max((node["Resources"].get("memory", 0) for node in ray.nodes() if node["Alive"]), default=0)
+        if wanted > largest:
+            raise ValueError(f"--memory-per-trial {options.memory_per_trial:g} GB is more than any node offers "
+                             f"({largest / 2**30:.1f} GB of Ray memory on the largest): no trial could start; "
+                             "ask for less")
+        resources["memory"] = wanted
+    return resources
 
 
 def _tuner(driver: _Driver, trainable, space: dict):

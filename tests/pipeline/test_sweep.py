@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from pipeline.sweep import SweepOptions, run_sweep
+from pipeline.sweep import SweepOptions, run_sweep, summary_lines
 from pipeline.trainable import FAULT_VARIABLE
 from tests.pipeline.local_ray import free_port, start_node, stop_node
 
@@ -258,3 +259,23 @@ def test_joining_a_cluster_with_token_authentication(tmp_path):
         assert [r.info.status for r in runs] == ["FAILED"]
     finally:
         stop_node(temp_dir)
+
+
+def test_trials_killed_for_memory_fail_and_the_sweep_says_so(tmp_path, monkeypatch):
+    """Ray's memory monitor kills a worker when the node's memory use passes its threshold; made to
+    fire here by a threshold below what the node already uses. Each such trial is retried, then
+    failed — the sweep still ends with its summary — and the summary names the trials and what the
+    node had (formerly: no summary, "'NoneType' object is not subscriptable")."""
+    monkeypatch.setenv("RAY_memory_usage_threshold", "0.01")  # read by the local Ray the sweep starts
+    summary = _sweep(tmp_path, seeds=1, max_failures=1)
+    assert (summary.done, summary.failed) == (0, 2)
+    assert len(summary.killed_for_memory) == 2 and summary.killed_for_memory[0].startswith("addmul-fnn-s0-")
+    assert re.fullmatch(r"[\d.]+\s*[KMGT]?B used / [\d.]+\s*[KMGT]?B limit", summary.node_memory)
+    assert any("killed by Ray for memory" in line and "--memory-per-trial" in line for line in summary_lines(summary))
+
+
+def test_memory_per_trial_is_reserved_and_more_than_a_node_has_is_refused(tmp_path):
+    summary = _sweep(tmp_path / "fits", seeds=1, memory_per_trial=0.5)
+    assert (summary.done, summary.failed) == (2, 0)
+    with pytest.raises(ValueError, match="--memory-per-trial 100000 GB is more than any node offers"):
+        _sweep(tmp_path / "too-much", seeds=1, memory_per_trial=100_000)
