@@ -37,7 +37,8 @@ class Stage:
 
 def run_stage(ctx, stage: Stage) -> None:
     """Run `stage` to its last step under the trial's settings (checkpoint_every, log_every), its
-    curves to ctx.log_metrics."""
+    curves to ctx.log_metrics. The curves are flushed before each checkpoint: a worker that dies
+    later resumes from that checkpoint with every point up to it recorded (no hole in the curve)."""
     config = ctx.config
 
     def report(step: int, means: dict) -> None:
@@ -47,12 +48,13 @@ def run_stage(ctx, stage: Stage) -> None:
         ctx.log_metrics(stage.name, step, values)
 
     run_resumable(stage.step, stage.state, stage.steps, stage.checkpoint, config.checkpoint_every, stage.name,
-                  report, config.log_every)
+                  report, config.log_every, before_checkpoint=ctx.flush_metrics)
 
 
 def run_resumable(
     step: Callable[[], dict | None], state: dict, total_steps: int, checkpoint: Path, every: int, description: str,
     report: Callable[[int, dict], None] | None = None, report_every: int = 100,
+    before_checkpoint: Callable[[], None] = lambda: None,
 ) -> None:
     """Call `step` until total_steps, saving `state` (objects with state_dict) every `every` steps.
 
@@ -73,6 +75,7 @@ def run_resumable(
                 report(i + 1, {name: float(total) / count for name, total in sums.items()})
                 sums = {}
             if (i + 1) % every == 0 and i + 1 < total_steps:
+                before_checkpoint()
                 payload = {n: o.get_state() if isinstance(o, torch.Generator) else o.state_dict() for n, o in state.items()}
                 atomic_torch_save(payload | {"step": i + 1, "torch_rng": torch.get_rng_state()}, checkpoint)
 

@@ -118,7 +118,7 @@ def run_trial(trial: TrialSpec | ExperimentConfig, results_dir: Path, parent_run
     run_id, resumed = records.start_trial_run(uri, mlflow_experiment or f"modular/{config.experiment}", trial.id, params,
                                               run_tags, parent_run_id, artifact_root=results_dir / "mlartifacts")
     curves = records.MetricLogger(uri, run_id, resumed)
-    ctx.log_metrics = curves.log
+    ctx.log_metrics, ctx.flush_metrics = curves.log, curves.flush
     try:
         tables = get_study(config.study)(ctx)
         curves.flush()

@@ -61,6 +61,7 @@ class TrialContext:
     storage: Storage
     on_stage: Callable[[str], None] = lambda stage: None
     log_metrics: Callable[[str, int, dict], None] = lambda stage, step, metrics: None
+    flush_metrics: Callable[[], None] = lambda: None  # sends what log_metrics holds back (before each checkpoint)
     stages_done: list = field(default_factory=list)
     pack: MaskPack | None = None
     produced: list = field(default_factory=list)  # every file of the trial's finished stages (verified later)

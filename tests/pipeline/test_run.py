@@ -223,3 +223,22 @@ def test_masks_of_a_trial_trained_together_equal_masks_trained_one_by_one(tmp_pa
         a, b = torch.load(alone.trial_dir / "masks" / name), torch.load(packed.trial_dir / "masks" / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     assert len(_runs(tmp_path / "packed")) == 1
+
+
+def test_curve_points_are_sent_before_each_checkpoint(tmp_path, monkeypatch):
+    """A worker killed after a checkpoint resumes from it: every curve point up to the checkpoint must
+    already be recorded, or the curve has a hole where the lost points were (a 5 s batching interval
+    held them back)."""
+    import types
+
+    import pipeline.loop
+
+    held, sent, at_checkpoint = [], [], []
+    ctx = types.SimpleNamespace(config=tiny(checkpoint_every="10", log_every="5"),
+                                log_metrics=lambda stage, step, values: held.append(step),
+                                flush_metrics=lambda: (sent.extend(held), held.clear()))
+    monkeypatch.setattr(pipeline.loop, "atomic_torch_save", lambda payload, path: at_checkpoint.append(
+        (payload["step"], list(sent))))
+    step = lambda: {"loss": torch.tensor(1.0)}  # noqa: E731
+    pipeline.loop.run_stage(ctx, pipeline.loop.Stage("mask add", 30, tmp_path / "unused.pt", step, {}))
+    assert [(step, points) for step, points in at_checkpoint] == [(10, [5, 10]), (20, [5, 10, 15, 20])]
