@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from models.common import suggest
-from tasks.registry import register_task
+from tasks.registry import DataError, register_task
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +71,18 @@ def data_folder(data_dir: Path, subfolder: str) -> Path:
 
 
 def read_examples(path: Path) -> list[tuple[str, str]]:
-    """A v1.0 file (question line, answer line, ...) -> [(question, answer)]."""
-    lines = path.read_text(encoding="utf-8").split("\n")
+    """A v1.0 file (question line, answer line, ...) -> [(question, answer)]. A damaged file (not
+    UTF-8 text, an odd number of lines, empty) is a DataError naming it."""
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}): the file is damaged; "
+                        "make or unpack the dataset again") from None
     if lines and lines[-1] == "":
         lines.pop()
-    if len(lines) % 2:
-        raise ValueError(f"{path} has an odd number of lines ({len(lines)}); v1.0 files alternate question and answer")
+    if len(lines) % 2 or not lines:
+        raise DataError(f"{path} has an odd number of lines ({len(lines)}); v1.0 files alternate question and answer "
+                        "(the file is damaged or truncated: make or unpack the dataset again)")
     return list(zip(lines[0::2], lines[1::2]))
 
 
@@ -188,6 +194,7 @@ class MathematicsTask:
         missing = [d for d in DIFFICULTIES if not (self.folder / f"train-{d}" / f"{options.module}.txt").is_file()]
         if missing:
             raise FileNotFoundError(f"{self.folder} lacks train-{{{','.join(missing)}}}/{options.module}.txt")
+        self.splits()  # read once per process (cached): a damaged file fails here, before any work
 
     def splits(self) -> dict[str, EncodedSplit]:
         return load_splits(self.folder.resolve(), self.options.module, self.options.validation_size,

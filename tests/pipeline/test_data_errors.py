@@ -75,10 +75,8 @@ def test_missing_data_is_one_clear_line_and_creates_nothing(dataset, command, tm
         assert not (tmp_path / "results").exists()
 
 
-# The Mathematics Dataset's files are parsed when the first batch is drawn, so a damaged one is found
-# then (one clear line from the trial), not before the trial starts: not in this test.
 @pytest.mark.parametrize("command", ["run", "sweep"])
-@pytest.mark.parametrize("dataset", [d for d in DATASETS if d != "mathematics"])
+@pytest.mark.parametrize("dataset", DATASETS)
 def test_a_damaged_file_is_one_clear_line_naming_it(dataset, command, tmp_path, monkeypatch, shared_data):
     from tests.tasks.cifar_data import accept_generated_checksums
 
