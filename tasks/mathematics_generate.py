@@ -13,15 +13,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import lzma
 import os
 import shutil
 import subprocess
 import tarfile
+import tempfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from models.common import atomic_path
 from tasks.datasets import register_dataset
 from tasks.mathematics import MODULES
+from tasks.registry import DataError
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +49,23 @@ def make_mathematics(out: Path, per_module: int = 1000, seed: int = 0, modules: 
     once. tarball: take the files from mathematics_dataset-v1.0.tar.gz instead of generating them.
     """
     chosen = _module_list(modules)
+    _check_writable(Path(out))
     if tarball:
         return unpack_tarball(Path(tarball), Path(out), chosen)
     if per_module < 1 or workers < 1:
         raise ValueError(f"per_module and workers must be >= 1, got {per_module} and {workers}")
     interpreter = generator_python(python, base_python)
     return generate(interpreter, Path(out), chosen, per_module, seed, workers)
+
+
+def _check_writable(out: Path) -> None:
+    """Before any work (a generator environment, an archive read): --out can be made and written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise PermissionError(f"cannot write to --out {out} ({error.strerror}); choose another --out") from None
 
 
 def _module_list(modules: str) -> list[str]:
@@ -166,16 +182,20 @@ def unpack_tarball(tarball: Path, out: Path, modules: list[str]) -> Path:
         raise FileNotFoundError(f"no tarball at {tarball}")
     wanted = {f"{TARBALL_ROOT}/{regime}/{module}.txt": out / regime / f"{module}.txt"
               for regime in REGIMES for module in modules}
-    with tarfile.open(tarball) as archive:
-        names = set(archive.getnames())
-        missing = sorted(set(wanted) - names)
-        if missing:
-            raise ValueError(f"{tarball} lacks {missing[:3]}{'...' if len(missing) > 3 else ''}; expected the official "
-                             f"v1.0 tarball with {TARBALL_ROOT}/train-easy/<module>.txt etc.")
-        for member, target in wanted.items():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with archive.extractfile(member) as source, open(target.with_suffix(".partial"), "wb") as sink:
-                shutil.copyfileobj(source, sink)
-            target.with_suffix(".partial").replace(target)
-            log.info("unpacked %s", target)
+    try:
+        with tarfile.open(tarball) as archive:
+            names = set(archive.getnames())
+            missing = sorted(set(wanted) - names)
+            if missing:
+                raise ValueError(f"{tarball} lacks {missing[:3]}{'...' if len(missing) > 3 else ''}; expected the "
+                                 f"official v1.0 tarball with {TARBALL_ROOT}/train-easy/<module>.txt etc.")
+            for member, target in wanted.items():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.extractfile(member) as source, atomic_path(target) as partial, open(partial, "wb") as sink:
+                    shutil.copyfileobj(source, sink)
+                log.info("unpacked %s", target)
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as error:
+        reason = " ".join(str(error).split())  # tarfile's reason spans lines (one per compression it tried)
+        raise DataError(f"{tarball} is damaged or not a tar archive ({type(error).__name__}: {reason}); download "
+                        "mathematics_dataset-v1.0.tar.gz again") from None
     return out

@@ -86,3 +86,40 @@ def test_the_generator_gives_identical_files_under_a_seed(generator, tmp_path):
         assert text != (other_seed / regime / f"{module[0]}.txt").read_text()
     with pytest.raises(ValueError, match="made with"):
         generate(generator, tmp_path / "a", module, per_module=8, seed=7, workers=1)
+
+
+def _random_bytes(path: Path) -> Path:
+    path.write_bytes(bytes(range(256)) * 8)
+    return path
+
+
+def _truncated(path: Path) -> Path:
+    """A real tarball cut off in the middle of its members (an interrupted download)."""
+    tarball = _tarball(path, MODULES * 1)
+    data = tarball.read_bytes()
+    tarball.write_bytes(data[: len(data) // 2])
+    return tarball
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda tmp: tmp / "absent.tar.gz", "no tarball at"),
+    (lambda tmp: _random_bytes(tmp / "garbage.tar.gz"), "is damaged or not a tar archive"),
+    (lambda tmp: _truncated(tmp / "cut.tar.gz"), "is damaged or not a tar archive"),
+], ids=["missing", "not-a-tarball", "truncated"])
+def test_pipeline_data_with_a_bad_tarball_is_one_clear_line_and_leaves_no_file(tmp_path, make, words):
+    tarball = make(tmp_path)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["data", "mathematics", "--out", str(out), "--tarball", str(tarball),
+                                       "--modules", ",".join(MODULES)])
+    assert result.exit_code == 1 and result.output.startswith("Error: ") and words in result.output, result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    assert not [p for p in out.rglob("*") if p.is_file()]  # no half-unpacked file looks finished
+
+
+def test_pipeline_data_into_a_folder_that_cannot_be_made_fails_before_any_work(tmp_path):
+    """A file where --out's folder should be (what root, who may write anywhere, still cannot pass)."""
+    (tmp_path / "a-file").write_text("not a folder")
+    result = CliRunner().invoke(main, ["data", "mathematics", "--out", str(tmp_path / "a-file" / "out"), "--python",
+                                       str(tmp_path / "no-such-python")])
+    assert result.exit_code == 1 and "cannot write to --out" in result.output, result.output
+    assert "no-such-python" not in result.output  # refused before looking for the generator
