@@ -47,13 +47,7 @@ def _setting_panels(tables, table: str, name: str, selection: dict):
 
 # -- sharing per layer: Figs. 1 and 13 -----------------------------------------------------------------
 def _sharing_per_layer(tables, out, name, selection, title, paper: dict) -> Figure | Skip:
-    panels = _setting_panels(tables, "layers", name, selection)
-    if isinstance(panels, Skip):
-        return panels
-    fig, panels = panels
-    numbers = {}
-    for ax, group in panels:
-        label = group.label
+    def panel(ax, group) -> dict:
         table = group.rows(tables["layers"])
         table = with_ratio(table.filter(table["shared"].is_valid()), "shared", "kept", "shared_fraction")
         rows = mean_std(table, ["mask", "layer"], "shared_fraction")
@@ -62,10 +56,22 @@ def _sharing_per_layer(tables, out, name, selection, title, paper: dict) -> Figu
         layers = sorted(layers, key=layer_order) + ["all"]
         bars(ax, layers, {m: [tuple(100 * x for x in lookup(rows, mask=m, layer=l)) for l in layers] for m in masks},
              "shared [%]")
-        ax.set_title(label)
-        for m in masks:
-            numbers[f"{label} {m}: shared % per layer"] = ", ".join(
-                f"{l} {100 * lookup(rows, mask=m, layer=l)[0]:.0f}" for l in layers)
+        return {f"{group.label} {m}: shared % per layer": ", ".join(
+            f"{l} {100 * lookup(rows, mask=m, layer=l)[0]:.0f}" for l in layers) for m in masks}
+
+    return _panel_figure(tables, out, name, "layers", selection, title, paper, panel)
+
+
+def _panel_figure(tables, out, name, table, selection, title, paper: dict, panel) -> Figure | Skip:
+    """One panel per setting of the selected trials; panel(ax, group) draws one -> its numbers."""
+    panels = _setting_panels(tables, table, name, selection)
+    if isinstance(panels, Skip):
+        return panels
+    fig, panels = panels
+    numbers = {}
+    for ax, group in panels:
+        numbers |= panel(ax, group)
+        ax.set_title(group.label)
     fig.suptitle(title, y=1.03)
     return Figure(name, title, save(fig, out, name), numbers, paper)
 
@@ -86,23 +92,15 @@ def figure_13(tables, out):
 
 # -- accuracy with (inverted) masks: Figs. 2, 10, 14 -----------------------------------------------
 def _mask_accuracy(tables, out, name, selection, masks, subtasks, title, paper: dict) -> Figure | Skip:
-    panels = _setting_panels(tables, "metrics", name, selection)
-    if isinstance(panels, Skip):
-        return panels
-    fig, panels = panels
-    numbers = {}
-    for ax, group in panels:
-        label = group.label
+    def panel(ax, group) -> dict:
         rows = mean_std(group.rows(tables["metrics"]), ["mask", "subtask"], "accuracy")
         labels = [m.replace("not-", "¬") for m in masks]
         bars(ax, labels, {s: [tuple(100 * x for x in lookup(rows, mask=m, subtask=s)) for m in masks]
                           for s in subtasks}, "accuracy [%]")
-        ax.set_title(label)
-        for m in masks:
-            numbers[f"{label} mask {m}"] = ", ".join(
-                f"{s} {100 * lookup(rows, mask=m, subtask=s)[0]:.1f}%" for s in subtasks)
-    fig.suptitle(title, y=1.03)
-    return Figure(name, title, save(fig, out, name), numbers, paper)
+        return {f"{group.label} mask {m}": ", ".join(
+            f"{s} {100 * lookup(rows, mask=m, subtask=s)[0]:.1f}%" for s in subtasks) for m in masks}
+
+    return _panel_figure(tables, out, name, "metrics", selection, title, paper, panel)
 
 
 PAIR_MASKS, PAIRS = ["none", "pair1", "pair2", "not-pair1", "not-pair2"], ["pair1", "pair2"]
