@@ -106,6 +106,17 @@ def test_errored_sweep_resumes_and_records_each_trial_once(tmp_path, monkeypatch
     assert {r.info.status for r in runs} == {"FINISHED"} and len(runs) == 5  # the same runs, now finished
 
 
+def test_a_sweep_asked_again_with_more_seeds_runs_the_new_trials_and_keeps_the_finished(tmp_path):
+    """The Tune state of another plan is not resumed (Tune would run only its own grid, or give its
+    stored trial placeholders other trials): Tune starts anew, and the trials the first run finished
+    are found by id in their folders and not run again."""
+    first = _sweep(tmp_path, seeds=1)
+    assert (first.done, first.failed) == (2, 0)
+    again = _sweep(tmp_path, seeds=2)
+    assert not again.resumed and (again.done, again.failed, again.unfinished, again.finished_earlier) == (4, 0, 0, 2)
+    _assert_each_trial_once(tmp_path, 4)
+
+
 def test_killed_driver_then_same_command_resumes(tmp_path):
     """SIGKILL the whole sweep (driver and local Ray) after a trial finished; run it again."""
     command = [sys.executable, "-m", "pipeline.cli", "sweep", "sharing-vs-capacity", "--smoke", "--seeds", "2",
