@@ -181,7 +181,7 @@ def _fit(driver: _Driver, space: dict, stop_without_ray=None) -> tuple:
         tuner = _tuner(driver, trainable, space)
         stopped = {"by": ""}  # Tune's own SIGINT handler ends fit() normally, its trials unfinished
         try:
-            with _sigterm_as_interrupt(stopped, stop_without_ray), _without_tunes_resume_hint():
+            with _sigterm_as_interrupt(stopped, stop_without_ray), _without_tune_noise():
                 return tuner.fit(), stopped["by"]
         except KeyboardInterrupt:
             return tune.Tuner.restore(driver.sweep_dir, trainable).get_results(), stopped["by"] or "SIGINT"
@@ -263,23 +263,27 @@ def _only_driver(results_dir: Path, name: str):
         lock.release()
 
 
-class _NoResumeHint(logging.Filter):
-    """Drops Tune's "Resume experiment with: Tuner.restore(...)": the sweep's summary says how to resume
-    (the same `pipeline sweep` command), and Tune's Python call is not what a user of the CLI runs."""
+class _WithoutTuneNoise(logging.Filter):
+    """Drops two lines Tune prints that do not help a user of the CLI: "Resume experiment with:
+    Tuner.restore(...)" (the sweep's summary says how to resume: the same `pipeline sweep` command)
+    and, per trial, that TensorBoard did not log the trial specs (Tune holds them in its object store)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Tuner.restore(" not in record.getMessage()
+        message = record.getMessage()
+        return "Tuner.restore(" not in message and "when logging to tensorboard" not in message
 
 
 @contextlib.contextmanager
-def _without_tunes_resume_hint():
-    tune_log = logging.getLogger("ray.tune.tune")
-    hint = _NoResumeHint()
-    tune_log.addFilter(hint)
+def _without_tune_noise():
+    loggers = [logging.getLogger(name) for name in ("ray.tune.tune", "ray.tune.logger.tensorboardx")]
+    noise = _WithoutTuneNoise()
+    for logger in loggers:
+        logger.addFilter(noise)
     try:
         yield
     finally:
-        tune_log.removeFilter(hint)
+        for logger in loggers:
+            logger.removeFilter(noise)
 
 
 SIGTERM_GRACE_SECONDS = 20  # Tune ends a stopped sweep in about a second while Ray's processes live
