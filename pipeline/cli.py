@@ -153,9 +153,9 @@ def run_command(experiment: str, seed: int, assignments: tuple[str, ...], scale:
                    "pass, up to this many per Tune trial (default: 16 with device=cuda, 4 on a CPU; 1: no "
                    "packing). Resources are per pack.")
 @click.option("--memory-per-trial", type=click.FloatRange(min=0, min_open=True), default=None, metavar="GB",
-              help="Memory Ray reserves for each trial (or pack), so that a node starts only the trials that fit "
-                   "(measured: an add/mul FNN trial peaks at 1.2 GB at the smoke scale, 2.2 GB at the paper's). "
-                   "Default: no reservation.")
+              help="Memory Ray reserves for each trial (or pack), so that a node starts only the trials that fit, "
+                   "and that a trial waits for before it starts (a retry after a memory kill); measured: an add/mul "
+                   "FNN trial peaks at 1.2 GB at the smoke scale, 2.2 GB at the paper's. Default: no reservation.")
 @click.option("--resume/--no-resume", default=None,
               help="Resume the interrupted sweep (the default when its state exists); --no-resume starts anew.")
 @_data_dir_option

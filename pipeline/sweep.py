@@ -127,7 +127,8 @@ def _run_as_driver(driver: _Driver) -> SweepSummary:
     name, results_dir, uri = driver.options.name, driver.results_dir, driver.tracking_uri
     parent = records.sweep_parent_run(uri, name, results_dir / "mlartifacts")
     context = {"results_dir": str(results_dir), "parent_run_id": parent, "sweep": name, "tracking_uri": uri,
-               "storage_uri": driver.options.storage_uri, "driver": uuid.uuid4().hex}
+               "storage_uri": driver.options.storage_uri, "driver": uuid.uuid4().hex,
+               "memory_bytes": int((driver.options.memory_per_trial or 0) * 2**30)}
     space = driver.plan.space() | {"context": context, "cpus_per_trial": driver.options.cpus_per_trial}
     start, before = time.time(), attempts(driver.plan.trials, results_dir)
 

@@ -19,6 +19,7 @@ import os
 import queue
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from models.common import write_json_atomic
@@ -38,6 +39,7 @@ def sweep_trial(trial_config: dict) -> None:
     from ray import tune
 
     torch.set_num_threads(max(1, int(trial_config["cpus_per_trial"])))
+    wait_for_memory(trial_config["context"].get("memory_bytes") or 0)
     trials = trial_config["trial"]["specs"]
     if [trial.id for trial in trials] != trial_config["trial"]["ids"]:
         raise RuntimeError(f"Tune resolved trials {[t.id for t in trials]} for the Tune trial planned with "
@@ -50,6 +52,34 @@ def sweep_trial(trial_config: dict) -> None:
     metrics = results[0].metrics if len(results) == 1 else {}
     tune.report({"done": 1, "stage": "evaluate", "trials": len(results), "trial_dir": str(results[0].trial_dir),
                  "node_id": _node_id(), **{k.replace("/", "_"): v for k, v in metrics.items()}})
+
+
+MEMORY_WAIT_SECONDS = 600  # at most, before a trial starts anyway (and may be killed for memory again)
+
+
+def wait_for_memory(needed: int, poll: float = 5.0, limit: float = MEMORY_WAIT_SECONDS) -> float:
+    """Wait until the node has `needed` bytes available (Linux's MemAvailable) or `limit` seconds have
+    passed: a trial retried after Ray killed its worker for memory does not start into the same
+    shortage at once. -> seconds waited."""
+    waited = 0.0
+    while needed and waited < limit and (available := _available_memory()) is not None and available < needed:
+        if not waited:
+            log.warning("waiting for memory: %.1f GB available, the trial reserves %.1f GB", available / 2**30,
+                        needed / 2**30)
+        time.sleep(poll)
+        waited += poll
+    return waited
+
+
+def _available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (None where there is none: not Linux)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 def trial_dirname(trial) -> str:

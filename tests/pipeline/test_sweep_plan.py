@@ -85,3 +85,25 @@ def test_an_unreachable_cluster_address_writes_nothing(tmp_path):
     with pytest.raises(ConnectionError, match="cannot reach the Ray cluster"):
         run_sweep(SweepOptions("alpha-sensitivity", tmp_path / "results", "smoke", address="127.0.0.1:1"))
     assert not (tmp_path / "results").exists()
+
+
+def test_a_trial_waits_for_the_memory_it_reserves_then_starts(monkeypatch):
+    """A trial retried after a memory kill waits while the node has less available than it reserves
+    (here: 1 GB available for 2 GB reserved, then 3 GB), and never longer than the limit."""
+    import pipeline.trainable as trainable
+
+    readings = iter([2**30, 2**30, 3 * 2**30])
+    monkeypatch.setattr(trainable, "_available_memory", lambda: next(readings))
+    monkeypatch.setattr(trainable.time, "sleep", lambda seconds: None)
+    assert trainable.wait_for_memory(2 * 2**30, poll=5) == 10
+    monkeypatch.setattr(trainable, "_available_memory", lambda: 2**30)
+    assert trainable.wait_for_memory(2 * 2**30, poll=5, limit=30) == 30
+    assert trainable.wait_for_memory(0) == 0  # no reservation: no wait
+
+
+def test_available_memory_is_read_from_the_kernel():
+    import pipeline.trainable as trainable
+
+    meminfo = dict(line.split(":", 1) for line in open("/proc/meminfo").read().splitlines())
+    kilobytes = int(meminfo["MemAvailable"].split()[0])
+    assert abs(trainable._available_memory() - kilobytes * 1024) < 512 * 2**20  # the same reading, moments apart
