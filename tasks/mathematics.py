@@ -194,7 +194,8 @@ class MathematicsTask:
         missing = [d for d in DIFFICULTIES if not (self.folder / f"train-{d}" / f"{options.module}.txt").is_file()]
         if missing:
             raise FileNotFoundError(f"{self.folder} lacks train-{{{','.join(missing)}}}/{options.module}.txt")
-        self.splits()  # read once per process (cached): a damaged file fails here, before any work
+        for difficulty in DIFFICULTIES:  # a damaged file fails here, before any work, not at the first batch
+            read_examples(self.folder / f"train-{difficulty}" / f"{options.module}.txt")
 
     def splits(self) -> dict[str, EncodedSplit]:
         return load_splits(self.folder.resolve(), self.options.module, self.options.validation_size,
