@@ -279,12 +279,12 @@ class _DatasetGroup(click.Group):
     """One subcommand per registered dataset maker (tasks.dataset_names), loaded when asked for."""
 
     def list_commands(self, ctx):
-        from tasks.datasets import dataset_names
+        from tasks.registry import dataset_names
 
         return dataset_names()
 
     def get_command(self, ctx, name):
-        from tasks.datasets import dataset_maker
+        from tasks.registry import dataset_maker
 
         try:
             return _dataset_command(name, dataset_maker(name))

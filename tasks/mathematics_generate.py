@@ -24,9 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from models.common import atomic_path
-from tasks.datasets import register_dataset
 from tasks.mathematics import MODULES
-from tasks.registry import DataError
+from tasks.registry import DataError, register_dataset
 
 log = logging.getLogger(__name__)
 

@@ -105,3 +105,24 @@ def default_data_dir(data_dir: str | Path | None = None) -> Path:
 
 def task_names() -> list[str]:
     return _TASKS.names()
+
+
+# -- dataset makers: `pipeline data NAME --option value` calls one ----------------------------------
+# A maker prepares files a task reads but nothing can download at run time (e.g. runs a generator in
+# its own interpreter). It is a function whose keyword parameters, each with an annotation (int, str,
+# float, bool or Path) and a default, become the command's options; parameters without a default are
+# required options. Its docstring is the command's help.
+_MAKERS = Registry("dataset", package="tasks", group="modular_masks.tasks")
+
+
+def register_dataset(name: str):
+    """Decorator on a maker function; duplicate names are an error."""
+    return _MAKERS.register(name)
+
+
+def dataset_maker(name: str):
+    return _MAKERS.find(name)
+
+
+def dataset_names() -> list[str]:
+    return _MAKERS.names()
