@@ -67,9 +67,6 @@ class SweepPlan:
         """The plan's trials in order: a Tune state of another plan resolves its placeholders to other trials."""
         return fingerprint({"format": PLAN_FORMAT, "trials": [trial.id for trial in self.trials]})
 
-    def trial(self, trial_id: str) -> TrialSpec:
-        return next(trial for trial in self.trials if trial.id == trial_id)
-
     def workload(self):
         """The sweep's training steps (pipeline.estimate), every trial of every grid point."""
         from pipeline.estimate import workload
