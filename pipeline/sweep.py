@@ -102,8 +102,9 @@ def run_sweep(options: SweepOptions) -> SweepSummary:
 
 
 def _resumes(options: SweepOptions, sweep_dir: str, results_dir: Path, plan: SweepPlan) -> bool:
-    """Whether Tune resumes the sweep's state. A state of another plan (an older version of this tool,
-    other seeds or overrides) is not resumed: Tune starts anew, and the trials that plan finished are
+    """Whether Tune resumes the sweep's state. A state of another plan (other seeds or overrides) or
+    of another shape of Tune's space (an older version of this tool, whose trials got other context
+    keys: Tune refuses to restore it) is not resumed: Tune starts anew, and the trials it finished are
     found by id in their folders and not redone."""
     from ray import tune
 
@@ -111,25 +112,48 @@ def _resumes(options: SweepOptions, sweep_dir: str, results_dir: Path, plan: Swe
     if options.resume and not exists:
         raise FileNotFoundError(f"nothing to resume: no sweep state at {sweep_dir}; run without --resume")
     marker = results_dir / "ray" / f"{options.name}.plan.json"
-    if exists and options.resume is not False and _planned_with(marker) != plan.fingerprint():
+    planned = {"plan": plan.fingerprint(), "space": _space_keys(plan, options)}
+    if exists and options.resume is not False and _planned_with(marker) != planned:
         log.warning("the sweep state at %s was planned differently (another version of this tool, or other "
                     "seeds or settings): Tune starts anew; finished trials are kept and not redone", sweep_dir)
         exists = False
-    write_json_atomic({"plan": plan.fingerprint(), "trials": len(plan.trials)}, marker)
+    write_json_atomic(planned | {"trials": len(plan.trials)}, marker)
     return exists if options.resume is None else options.resume and exists
 
 
-def _planned_with(marker: Path) -> str | None:
-    return json.loads(marker.read_text()).get("plan") if marker.exists() else None
+def _planned_with(marker: Path) -> dict | None:
+    if not marker.exists():
+        return None
+    planned = json.loads(marker.read_text())
+    return {"plan": planned.get("plan"), "space": planned.get("space")}
+
+
+def _context(options: SweepOptions, results_dir: Path, uri: str, parent: str | None) -> dict:
+    """What every trial of the sweep is told beside its spec: where results go, its MLflow parent run."""
+    return {"results_dir": str(results_dir), "parent_run_id": parent, "sweep": options.name, "tracking_uri": uri,
+            "storage_uri": options.storage_uri, "driver": uuid.uuid4().hex,
+            "memory_bytes": int((options.memory_per_trial or 0) * 2**30)}
+
+
+def _space(plan: SweepPlan, options: SweepOptions, context: dict) -> dict:
+    """Tune's param_space: the plan's one axis of trials, the context, the CPUs per trial."""
+    return plan.space() | {"context": context, "cpus_per_trial": options.cpus_per_trial}
+
+
+def _space_keys(plan: SweepPlan, options: SweepOptions) -> list[str]:
+    """The paths of the space's keys as Tune compares them on restore ("context/sweep", "trial/grid_search")."""
+    def paths(value, prefix: str) -> list[str]:
+        if not isinstance(value, dict) or not value:
+            return [prefix]
+        return [path for key, inner in value.items() for path in paths(inner, f"{prefix}/{key}" if prefix else key)]
+
+    return sorted(paths(_space(plan, options, _context(options, Path(), "", None)), ""))
 
 
 def _run_as_driver(driver: _Driver) -> SweepSummary:
     name, results_dir, uri = driver.options.name, driver.results_dir, driver.tracking_uri
     parent = records.sweep_parent_run(uri, name, results_dir / "mlartifacts")
-    context = {"results_dir": str(results_dir), "parent_run_id": parent, "sweep": name, "tracking_uri": uri,
-               "storage_uri": driver.options.storage_uri, "driver": uuid.uuid4().hex,
-               "memory_bytes": int((driver.options.memory_per_trial or 0) * 2**30)}
-    space = driver.plan.space() | {"context": context, "cpus_per_trial": driver.options.cpus_per_trial}
+    space = _space(driver.plan, driver.options, _context(driver.options, results_dir, uri, parent))
     start, before = time.time(), attempts(driver.plan.trials, results_dir)
 
     def finish(outcomes: list, stopped_by: str) -> SweepSummary:

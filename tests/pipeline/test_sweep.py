@@ -117,6 +117,22 @@ def test_a_sweep_asked_again_with_more_seeds_runs_the_new_trials_and_keeps_the_f
     _assert_each_trial_once(tmp_path, 4)
 
 
+def test_a_sweep_state_of_an_older_version_with_other_context_keys_starts_anew(tmp_path, monkeypatch):
+    """A version of this tool that gave its trials other context keys left a Tune state that Tune refuses
+    to restore ("Invalid `param_space` input to `Tuner.restore()`"), seen when the record was resumed
+    across versions: the same command starts Tune anew and keeps the trials the older one finished."""
+    import pipeline.sweep as sweep
+
+    newer = sweep._context
+    monkeypatch.setattr(sweep, "_context", lambda *args: newer(*args) | {"older_key": 1})
+    first = _sweep(tmp_path, seeds=1)
+    assert (first.done, first.failed) == (2, 0)
+    monkeypatch.setattr(sweep, "_context", newer)
+    again = _sweep(tmp_path, seeds=1)
+    assert not again.resumed and (again.done, again.failed, again.finished_earlier) == (2, 0, 2)
+    _assert_each_trial_once(tmp_path, 2)
+
+
 def test_killed_driver_then_same_command_resumes(tmp_path):
     """SIGKILL the whole sweep (driver and local Ray) after a trial finished; run it again."""
     command = [sys.executable, "-m", "pipeline.cli", "sweep", "sharing-vs-capacity", "--smoke", "--seeds", "2",
