@@ -1,6 +1,6 @@
 """The reproduction record: run a study's sweep at the CPU scale, then keep what it measured.
 
-    python -m reproduction.record addmul --work /path/to/results [--data-dir ../shared/data]
+    python -m reproduction.record addmul --work /path/to/results [--data-dir ../shared/data] [SWEEP OPTIONS]
 
 1. runs `pipeline sweep STUDY --scale cpu --results-dir WORK` (started again, it resumes; one torch
    thread per trial, as many trials at once as the machine has cores);
@@ -9,7 +9,9 @@
 3. draws the figures and report.md from that copy alone (`pipeline analyze reproduction/STUDY`);
 4. appends the command, the commit, the machine and the wall time to reproduction/STUDY/runs.json.
 
-`--export-only` skips step 1 (for a sweep that finished in WORK earlier).
+`--export-only` skips step 1 (for a sweep that finished in WORK earlier). Any other option goes to
+`pipeline sweep` as given, and into runs.json with the command (e.g. `--cpus-per-trial 1.5`: one trial at a
+time on 2 cores, one torch thread, beside another study's sweep).
 """
 
 from __future__ import annotations
@@ -36,10 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, required=True, help="results folder the sweep runs in")
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--export-only", action="store_true")
-    args = parser.parse_args(argv)
+    args, sweep_options = parser.parse_known_args(argv)
     out = RECORD / args.study
     command = ["pipeline", "sweep", args.study, "--scale", "cpu", "--results-dir", str(args.work)]
-    command += ["--data-dir", str(args.data_dir)] if args.data_dir else []
+    command += (["--data-dir", str(args.data_dir)] if args.data_dir else []) + sweep_options
     run = {"command": " ".join(command), "commit": _commit(), "machine": _machine(),
            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if not args.export_only:

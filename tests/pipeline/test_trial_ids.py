@@ -14,6 +14,7 @@ PINNED = {  # (sweep, scale): the trial with seed 1, the sweep's last experiment
     ("alpha-sensitivity", "cpu"): "addmul-fnn-s1-f73058756a61",
     ("cifar10", "paper"): "cifar10-resnet110-s1-84f8fa6398cb",
     ("double-add", "cpu"): "double-add-lstm-sequential-s1-2ac6190aef54",
+    ("mask-convergence", "cpu"): "addmul-fnn-s1-103307116fa5",
     ("mask-stability", "cpu"): "addmul-fnn-stability-s1-90cde1bc23da",
     ("mathematics", "paper"): "mathematics-polynomials__collect-s1-1d48572574dc",
     ("permuted-mnist", "cpu"): "permuted-mnist-prefer-old-more-s1-1ab030397cfb",
