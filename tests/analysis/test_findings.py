@@ -50,6 +50,15 @@ def test_sharing_and_weight_ratio_come_from_the_rows_with_their_rules(tmp_path):
     assert missing.verdict == "not measured here" and "reproduction.record mask-stability" in missing.reason
 
 
+def test_longer_mask_rows_read_the_mask_convergence_record_only(tmp_path):
+    _write(tmp_path, "addmul", "layers", _layers("t0", {"layers.0": 0.8, "layers.1": 0.3}, 100, 200))
+    _write(tmp_path, "mask-convergence", "layers", _layers("t1", {"layers.0": 0.8, "layers.1": 0.3}, 100, 350))
+    rows = [f for f in all_findings(tmp_path) if f.name.startswith("Multiplication uses more weights")]
+    assert [r.ours[:6] for r in rows] == ["2.00 ±", "3.50 ±"]  # 200 / 100 from addmul, 350 / 100 from the longer masks
+    assert rows[1].name.endswith("masks trained 4× longer (40k steps)") and rows[1].source == "mask-convergence/layers"
+    assert rows[1].verdict == "holds"  # within 25 % of the paper's 3.8
+
+
 def test_output_layer_below_a_hidden_layer_does_not_hold(tmp_path):
     _write(tmp_path, "addmul", "layers", _layers("t0", {"layers.0": 0.9, "layers.1": 0.5, "layers.2": 0.6,
                                                         "layers.3": 0.4}, 100, 100))
