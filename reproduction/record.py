@@ -29,6 +29,7 @@ from pathlib import Path
 import pyarrow.dataset as ds
 
 RECORD = Path(__file__).resolve().parent
+USAGE_ERROR = 2  # click's exit status for options `pipeline sweep` does not take: it ran nothing
 ROOT = RECORD.parent
 
 
@@ -47,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.export_only:
         start = time.time()
         returncode = subprocess.call(command, env=os.environ | {"OMP_NUM_THREADS": "1"})
+        if returncode == USAGE_ERROR:
+            print(f"`{run['command']}` was refused (see above): nothing ran, nothing recorded", file=sys.stderr)
+            return returncode
         run |= {"wall_seconds": round(time.time() - start), "returncode": returncode}
         _append(out / "runs.json", run)
         if returncode != 0:
