@@ -318,7 +318,7 @@ def all_findings(record: Path) -> list[Finding]:
             source = f"{study}/{table}"
         except (AnalysisInputError, KeyError, StopIteration, ValueError, ZeroDivisionError) as error:
             missing = not (record / study / "parquet").is_dir()
-            ours = "not run yet at the CPU scale" if missing else f"not measurable: {str(error)[:120]}"
+            ours = "no record yet: not finished at the CPU scale" if missing else f"not measurable: {str(error)[:120]}"
             verdict, reason, source = "not measured here", f"needs `python -m reproduction.record {study}`", study
         out.append(Finding(name, paper, ours, verdict, reason, source))
     return out
