@@ -275,6 +275,8 @@ def permuted_mnist(tables) -> Measured:
 
 
 LONGER = ", masks trained 4× longer (40k steps)"
+MUL_TO_ADD_PAPER = "the multiplication uses 3.8 times more weights than the addition (Fig. 11)"
+CONCENTRATION_PAPER = "concentrates at either 0 or 1 and so thresholding is safe (see also Fig. 7)"
 # (study whose record it reads, the finding, the paper's words, how we measure it)
 FINDINGS = [
     ("addmul", "Sharing higher in input and output layers than hidden (3.1, Fig. 1, FNN)", IO_PAPER,
@@ -282,7 +284,7 @@ FINDINGS = [
     ("addmul", "Sharing higher in input and output layers than hidden (3.1, Fig. 1, LSTM)", IO_PAPER,
      lambda t: io_sharing(t, LSTM)),
     ("addmul", "Multiplication uses more weights than addition (3.1, Fig. 11)",
-     "the multiplication uses 3.8 times more weights than the addition (Fig. 11)", mul_to_add),
+     MUL_TO_ADD_PAPER, mul_to_add),
     ("addmul", "Inverted add or mul masks break both operations: limited separation (C.3, Fig. 10)",
      "inverted masks do not perform well, showing that the separation of the modules is limited", inverted_masks),
     ("addmul", "FNN performs its mask's operation, LSTM gives invalid outputs (3.1, Fig. 12)", FIG_12_PAPER, fig_12),
@@ -293,7 +295,7 @@ FINDINGS = [
     ("sharing-vs-capacity", "Sharing changes with network size (C.3, Fig. 9)",
      "the percentage of shared weights still changes when increasing the network size", size_sharing),
     ("addmul", "σ(l) concentrates at 0 and 1 (Section 2 footnote, Fig. 7)",
-     "concentrates at either 0 or 1 and so thresholding is safe (see also Fig. 7)", concentration),
+     CONCENTRATION_PAPER, concentration),
     ("permuted-mnist", "Permuted MNIST: little sharing while capacity is free; prefer-old raises it (3.3, Figs. 3, 15)",
      "While we observed that this improved sharing (as expected), more than half of the weights remained unique "
      "(See Fig. 15)", permuted_mnist),
@@ -304,9 +306,9 @@ FINDINGS = [
     ("mask-convergence", f"Sharing higher in input and output layers than hidden (3.1, Fig. 1, FNN){LONGER}",
      IO_PAPER, lambda t: io_sharing(t, FNN)),
     ("mask-convergence", f"Multiplication uses more weights than addition (3.1, Fig. 11){LONGER}",
-     "the multiplication uses 3.8 times more weights than the addition (Fig. 11)", mul_to_add),
+     MUL_TO_ADD_PAPER, mul_to_add),
     ("mask-convergence", f"σ(l) concentrates at 0 and 1 (Section 2 footnote, Fig. 7){LONGER}",
-     "concentrates at either 0 or 1 and so thresholding is safe (see also Fig. 7)", concentration),
+     CONCENTRATION_PAPER, concentration),
 ]
 
 
