@@ -63,7 +63,8 @@ def bars(ax, groups: list[str], series: dict[str, list[tuple[float, float]]], yl
         means = [v[0] for v in values]
         stds = [v[1] for v in values]
         ax.bar(np.arange(len(groups)) + i * width, means, width, yerr=stds, label=label, capsize=3)
-    ax.set_xticks(np.arange(len(groups)) + width * (len(series) - 1) / 2, groups, rotation=20)
+    ax.set_xticks(np.arange(len(groups)) + width * (len(series) - 1) / 2, groups, rotation=30, ha="right",
+                  rotation_mode="anchor")  # long LSTM layer names would overlap
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
 

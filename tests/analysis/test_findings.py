@@ -107,6 +107,46 @@ def test_permuted_mnist_prefer_old_raising_sharing_below_half_holds(tmp_path):
     assert row.verdict == "holds"
 
 
+def _double_add(experiment: str, seed: int, shared: int, not_pair1_on_pair2: float) -> tuple[list, list]:
+    """One trial's rows: its pair-1 mask keeps 100 weights, `shared` of them also in pair 2's mask."""
+    common = {"trial_id": f"{experiment}-s{seed}", "experiment": experiment, "seed": seed, "sweep": "double-add",
+              "task": "double_add"}
+    layers = [common | {"mask": "pair1", "layer": "all", "total": 1000, "kept": 100, "shared": shared},
+              common | {"mask": "pair1", "layer": "layers.0", "total": 500, "kept": 50, "shared": 0}]
+    metrics = [common | {"mask": "none", "subtask": "pair2", "accuracy": 1.0},
+               common | {"mask": "not-pair1", "subtask": "pair2", "accuracy": not_pair1_on_pair2}]
+    return layers, metrics
+
+
+def test_double_addition_judges_each_network_and_names_the_one_that_misses(tmp_path):
+    layers, metrics = [], []
+    for experiment, shared, accuracies in (("double-add-fnn", (20, 30), (0.9, 0.7)),
+                                           ("double-add-lstm", (10, 10), (0.2, 0.3))):
+        for seed in (0, 1):
+            trial_layers, trial_metrics = _double_add(experiment, seed, shared[seed], accuracies[seed])
+            layers, metrics = layers + trial_layers, metrics + trial_metrics
+    _write(tmp_path, "double-add", "layers", layers)
+    _write(tmp_path, "double-add", "metrics", metrics)
+    row = next(f for f in all_findings(tmp_path) if f.name.startswith("Double addition"))
+    # FNN: shared 20 and 30 % of 100 -> 25.0 ± 7.1; ¬pair1 0.9, 0.7 -> 80.0 ± 14.1 (above half of 100 %)
+    assert "double-add-fnn: pair-1 weights shared 25.0 ± 7.1 %, ¬pair1 on pair 2 80.0 ± 14.1 % (2 seeds)" in row.ours
+    # LSTM: low sharing, but ¬pair1 keeps 25 % of pair 2: one rule of two networks missed
+    assert row.verdict == "partly" and "double-add-lstm's ¬pair1 keeps 25.0 ± 7.1 %" in row.reason
+    assert "double-add-fnn" not in row.reason and row.source == "double-add/layers + metrics"
+
+
+def test_sharing_vs_size_holds_when_the_size_means_differ_by_more_than_five_points(tmp_path):
+    rows = []
+    for size, fractions in (("small", (0.30, 0.34)), ("wide", (0.50, 0.54))):
+        for seed, fraction in enumerate(fractions):
+            for row in _layers(f"{size}-s{seed}", {}, 100, 200):
+                rows.append(row | {"model.size": size, "sweep": "sharing-vs-capacity", "shared": int(100 * fraction)
+                                   if row["mask"] == "add" else 0})
+    _write(tmp_path, "sharing-vs-capacity", "layers", rows)
+    row = next(f for f in all_findings(tmp_path) if f.name.startswith("Sharing changes with network size"))
+    assert "small: 32.0 ± 2.8 %; wide: 52.0 ± 2.8 %" in row.ours and row.verdict == "holds"  # 20 points apart
+
+
 def test_the_readme_table_is_what_the_committed_record_gives():
     """README's findings block equals the table computed from reproduction/'s Parquet now (regenerate
     with `python -m analysis.findings reproduction --readme README.md` after the record changes)."""
