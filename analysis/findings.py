@@ -215,8 +215,9 @@ def beta_sensitivity(tables) -> Measured:
 
 
 def size_sharing(tables) -> Measured:
-    by_size = add_sharing_by(tables, "model.size")
-    ours = "; ".join(f"{size}: {percent(v)}" for size, v in by_size.items())
+    weights = {r["model.size"]: r["total"] for r in where(tables["layers"], mask="add", layer="all").to_pylist()}
+    by_size = dict(sorted(add_sharing_by(tables, "model.size").items(), key=lambda item: weights[item[0]]))
+    ours = "; ".join(f"{size} ({weights[size]:,} weights): {percent(v)}" for size, v in by_size.items())
     varies = spread(by_size)
     return (f"add sharing {ours} ({min(len(v) for v in by_size.values())} seeds each)",
             "holds" if varies > 0.05 else "does not",
