@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from analysis import paper as said
 from analysis.plotting import Figure, Skip, bars, figure, lookup, save
 from analysis.selection import describe, groups, with_config
-from analysis.stats import layer_order, mean_std, where, with_ratio
+from analysis.stats import layer_order, mean_std, weights_by_size, where, with_ratio
 
 # The trials of each figure, as recorded (the presets are in pipeline/studies/arithmetic.py).
 ADDMUL = {"study": "masks", "task": "addmul"}
@@ -25,7 +25,6 @@ ADDMUL_FNN = ADDMUL | {"model.builder": "fnn"}
 DOUBLE_ADD = {"study": "masks", "task": "double_add"}
 BOTH_PAIRS_AT_ONCE = DOUBLE_ADD | {"task_options.presentation": ["two_passes", "repeat6"]}
 ONE_PAIR_AT_A_TIME = DOUBLE_ADD | {"task_options.presentation": "sequential_pairs"}
-SIZE_ORDER = ["small", "medium", "big", "huge"]
 MAX_PANELS = 8  # more settings than this in one figure: it refuses and says how to select
 
 
@@ -325,10 +324,6 @@ def _beta_panel(ax, fig, metrics: pa.Table, layers: pa.Table) -> float | None:
     return recommended
 
 
-def _size_order(size: str):
-    return (SIZE_ORDER.index(size), size) if size in SIZE_ORDER else (len(SIZE_ORDER), size)
-
-
 @figure("fig09_sharing_vs_size")
 def figure_9(tables, out):
     name = "fig09_sharing_vs_size"
@@ -337,7 +332,8 @@ def figure_9(tables, out):
     layers = where(with_config(tables["layers"], ADDMUL_FNN), mask="add", layer="all")
     if not layers.num_rows:
         return Skip(name, f"needs trials of {describe(ADDMUL_FNN)} at several sizes; run sharing-vs-capacity")
-    sizes = sorted(set(layers.column("model.size").to_pylist()), key=_size_order)
+    weights = weights_by_size(layers)
+    sizes = list(weights)
     if len(sizes) < 2:
         return Skip(name, f"needs add/mul FNN trials of several sizes (found {sizes}); run sharing-vs-capacity")
     lines = groups(layers, across=("model.size",), limit=MAX_PANELS)
@@ -347,13 +343,13 @@ def figure_9(tables, out):
     numbers = {}
     for line in lines:
         rows = mean_std(with_ratio(line.rows(layers), "shared", "kept", "s"), ["model.size"], "s")
-        rows = sorted(rows, key=lambda r: _size_order(r["model.size"]))
+        rows = sorted(rows, key=lambda r: sizes.index(r["model.size"]))
         ax.errorbar([sizes.index(r["model.size"]) for r in rows], [100 * r["mean"] for r in rows],
                     [100 * r["std"] for r in rows], marker="o", label=line.label or None)
         prefix = f"{line.label}: " if line.label else ""
         numbers |= {f"{prefix}size {r['model.size']}": f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}% (n={r['n']})"
                     for r in rows}
-    ax.set_xticks(range(len(sizes)), sizes)
+    ax.set_xticks(range(len(sizes)), [f"{size}\n{weights[size]:,} weights" for size in sizes], fontsize=7)
     ax.set_ylabel("add weights shared with mul [%]")
     ax.set_title("Fig. 9: sharing of the add mask against network size")
     if len(lines) > 1:

@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from analysis.data import AnalysisInputError, load_tables
 from analysis.selection import describe, with_config
-from analysis.stats import layer_order, where
+from analysis.stats import layer_order, weights_by_size, where
 from models.common import write_text_atomic
 
 START, END = "<!-- findings:start -->", "<!-- findings:end -->"
@@ -215,8 +215,9 @@ def beta_sensitivity(tables) -> Measured:
 
 
 def size_sharing(tables) -> Measured:
-    weights = {r["model.size"]: r["total"] for r in where(tables["layers"], mask="add", layer="all").to_pylist()}
-    by_size = dict(sorted(add_sharing_by(tables, "model.size").items(), key=lambda item: weights[item[0]]))
+    weights = weights_by_size(where(tables["layers"], mask="add"))
+    sharing = add_sharing_by(tables, "model.size")
+    by_size = {size: sharing[size] for size in weights if size in sharing}
     ours = "; ".join(f"{size} ({weights[size]:,} weights): {percent(v)}" for size, v in by_size.items())
     varies = spread(by_size)
     return (f"add sharing {ours} ({min(len(v) for v in by_size.values())} seeds each)",

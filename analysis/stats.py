@@ -39,6 +39,14 @@ def where(table: pa.Table, **equal) -> pa.Table:
     return table
 
 
+def weights_by_size(layers: pa.Table) -> dict:
+    """{model.size: number of maskable weights}, smallest network first (ties by name), from the
+    layers table's whole-network rows ("all"), so that sizes with names like "small" and
+    "400,400,400,400" are ordered by what they are, not by what they are called."""
+    counts = {r["model.size"]: r["total"] for r in where(layers, layer="all").to_pylist()}
+    return dict(sorted(counts.items(), key=lambda item: (item[1], item[0])))
+
+
 def layer_order(layer: str) -> tuple:
     """Input side first: by the first number in the name, an LSTM layer's input projection before
     its recurrent one, names without a number (an output layer) last."""

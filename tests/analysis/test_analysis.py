@@ -12,7 +12,7 @@ from analysis.arithmetic import figure_8, figure_9, figure_11, multiplication_to
 from analysis.data import AnalysisInputError, load_tables
 from analysis.plotting import Figure, Skip
 from analysis.report import analyze
-from analysis.stats import mean_std, with_ratio
+from analysis.stats import mean_std, weights_by_size, with_ratio
 
 BASE = {"experiment": "addmul-fnn", "study": "masks", "task": "addmul", "model.builder": "fnn", "sweep": "s"}
 
@@ -66,6 +66,19 @@ def test_sharing_ratio_and_size_figure_by_hand(tmp_path):
     assert multiplication_to_addition_ratio(tables["layers"]) == pytest.approx(2.5)
     figure = figure_11(tables, tmp_path / "out")  # one panel per size: small has both masks
     assert figure.numbers["addmul-fnn (small) mul/add weights"] == "2.50x"
+
+
+def test_size_figure_orders_networks_by_weight_count_not_by_name(tmp_path):
+    # one hidden layer of 1000 has more weights than two of 200, though "1000" sorts before "200,200"
+    rows = [_layers_row(f"t{i}", 0, size, 1e-4, "add", "all", total, 100, shared)
+            for i, (size, total, shared) in enumerate([("1000", 900_000, 10), ("small", 600, 50),
+                                                        ("200,200", 80_000, 20)])]
+    _write(tmp_path, "layers", rows)
+    tables = load_tables([tmp_path])
+    assert list(weights_by_size(tables["layers"])) == ["small", "200,200", "1000"]
+    figure = figure_9(tables, tmp_path / "out")
+    assert list(figure.numbers) == ["size small", "size 200,200", "size 1000"]
+    assert [figure.numbers[k][:4] for k in figure.numbers] == ["50.0", "20.0", "10.0"]
 
 
 def test_beta_recommendation_by_hand():
