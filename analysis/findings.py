@@ -215,7 +215,7 @@ def beta_sensitivity(tables) -> Measured:
 
 
 def size_sharing(tables) -> Measured:
-    weights = weights_by_size(where(tables["layers"], mask="add"))
+    weights = weights_by_size(tables["layers"])
     sharing = add_sharing_by(tables, "model.size")
     by_size = {size: sharing[size] for size in weights if size in sharing}
     ours = "; ".join(f"{size} ({weights[size]:,} weights): {percent(v)}" for size, v in by_size.items())
